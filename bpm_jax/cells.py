@@ -1,0 +1,267 @@
+"""Flax cells over the pure plasticity core (`bpm_jax.plasticity`).
+
+The cells only declare parameters and call the core; any leading batch
+dimensions of the inputs are handled with `jax.vmap` (the core is unbatched).
+Both are `flax.linen.RNNCellBase` subclasses, so they work in `nn.RNN` and
+`nn.scan`:
+
+    cell = PlasticRNNCell(hidden_size=200, config=PlasticityConfig("modplast"))
+    carry = cell.initialize_carry(key, (batch, num_inputs))
+    carry, h = cell(carry, x)          # x [B, I], h [B, H]
+
+The modulation signal m_t [..., K] is recorded with
+`sow("intermediates", "modulation", m)` and, with `return_modulation=True`,
+returned as the output `(h, m)`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from bpm_jax import plasticity
+from bpm_jax.config import PlasticityConfig, check_choice, check_positive
+
+Array = jax.Array
+Initializer = Callable[..., Array]
+
+# PyTorch's nn.Linear default: U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+torch_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
+
+def torch_bias_init(fan_in: int) -> Initializer:
+  """PyTorch's nn.Linear bias default, U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+  bound = 1.0 / math.sqrt(fan_in)
+  return uniform_range(-bound, bound)
+
+
+def uniform_range(low: float, high: float) -> Initializer:
+  """Initializer drawing U(low, high)."""
+
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, low, high)
+
+  return init
+
+
+def constant(value: float) -> Initializer:
+  def init(key, shape, dtype=jnp.float32):
+    del key
+    return jnp.full(shape, value, dtype)
+
+  return init
+
+
+def _alpha_shape(kind: str, pre: int, post: int) -> tuple[int, ...]:
+  return {"full": (pre, post), "per_neuron": (1, post), "single": ()}[kind]
+
+
+def declare_plastic_params(module: nn.Module, pre: int, post: int,
+                           config: PlasticityConfig, w_init: Initializer,
+                           alpha_init: Initializer, eta_init: float,
+                           plain_eta_init: float,
+                           param_dtype: Any) -> plasticity.PlasticParams:
+  """Declares the plastic path's parameters on `module` (call in compact code).
+
+  Names: `w` [H, P], `alpha`, `eta`, `mod_kernel` [H, K], `mod_bias` [K],
+  `fanout_kernel` [K, P], `fanout_bias` [P], `plain_eta` [].
+  """
+  p = module.param
+  params = dict(w=p("w", w_init, (pre, post), param_dtype))
+  if config.is_plastic:
+    params["alpha"] = p("alpha", alpha_init, _alpha_shape(config.alpha_kind, pre, post),
+                        param_dtype)
+  if config.network in ("plastic", "retromod"):
+    eta_shape = () if config.eta_kind == "scalar" else (pre, post)
+    params["eta"] = p("eta", constant(eta_init), eta_shape, param_dtype)
+  if config.is_modulated:
+    k = config.num_modulators
+    params["mod_kernel"] = p("mod_kernel", torch_kernel_init, (pre, k), param_dtype)
+    params["mod_bias"] = p("mod_bias", torch_bias_init(pre), (k,), param_dtype)
+    if config.fan_out:
+      params["fanout_kernel"] = p("fanout_kernel", torch_kernel_init, (k, post),
+                                  param_dtype)
+      params["fanout_bias"] = p("fanout_bias", torch_bias_init(k), (post,), param_dtype)
+    if config.partial_modulation:
+      params["plain_eta"] = p("plain_eta", constant(plain_eta_init), (), param_dtype)
+  return plasticity.PlasticParams(**params)
+
+
+def check_modulators(owner: str, config: PlasticityConfig, post: int) -> None:
+  if config.is_modulated and not config.fan_out and config.num_modulators > post:
+    raise ValueError(
+        f"{owner}: num_modulators={config.num_modulators} exceeds the {post} "
+        "postsynaptic units they would gate without fan-out; use fewer "
+        "modulators or fan_out=True.")
+
+
+STEP_IMPLS = ("reference", "fast")
+
+
+def rnn_step_impl(name: str) -> Callable:
+  """The plastic RNN step function for `step_impl` name (same signature)."""
+  if name == "fast":
+    from bpm_jax import fast_step  # pylint: disable=g-import-not-at-top
+    return fast_step.rnn_step_fast
+  return plasticity.rnn_step
+
+
+def batched(step: Callable, num_batch_dims: int) -> Callable:
+  """vmaps `step(params..., state, x)` over leading batch dims of state and x."""
+  for _ in range(num_batch_dims):
+    step = jax.vmap(step, in_axes=(None, 0, 0))
+  return step
+
+
+class PlasticRNNCell(nn.RNNCellBase):
+  """Plastic recurrent layer: h_t = tanh(x W_in + b + h_tm1 (W + alpha Hebb)).
+
+  Attributes:
+    hidden_size: H.
+    config: the plasticity variant (`network` selects rnn/plastic/modplast/retromod).
+    clip_value: trace bound c (1.0 in the cue-reward task and maze); may be a
+      traced scalar so a sweep can vmap over it.
+    w_init, alpha_init: initializers of W and alpha (SPEC.md §3.4: U(0, 0.01)).
+    eta_init: initial eta (Hebbian rate of `plastic`, eligibility rate of
+      `retromod`): 0.1 (cue-reward) / 0.01 (maze).
+    plain_eta_init: initial rate of the non-modulated half.
+    return_modulation: if True the output is `(h [..., H], m [..., K])`.
+    step_impl: `reference` (plain autodiff of `plasticity.rnn_step`) or
+      `fast` (`bpm_jax.fast_step.rnn_step_fast`: same numbers, a hand-written
+      backward pass that saves far less per step).
+  """
+
+  hidden_size: int
+  config: PlasticityConfig = PlasticityConfig()
+  clip_value: Any = 1.0
+  step_impl: str = "reference"
+  w_init: Initializer = uniform_range(0.0, 0.01)
+  alpha_init: Initializer = uniform_range(0.0, 0.01)
+  eta_init: float = 0.1
+  plain_eta_init: float = 0.1
+  return_modulation: bool = False
+  param_dtype: Any = jnp.float32
+
+  def __post_init__(self):
+    check_positive(type(self).__name__, "hidden_size", self.hidden_size)
+    check_modulators(type(self).__name__, self.config, self.hidden_size)
+    check_choice(type(self).__name__, "step_impl", self.step_impl, STEP_IMPLS)
+    super().__post_init__()
+
+  @nn.compact
+  def __call__(self, carry: plasticity.RNNState, x: Array):
+    """carry: RNNState with leading batch dims; x: [..., I]."""
+    hsize = self.hidden_size
+    x_drive = nn.Dense(hsize, kernel_init=torch_kernel_init,
+                       bias_init=torch_bias_init(x.shape[-1]),
+                       param_dtype=self.param_dtype, name="input")(x)
+    params = declare_plastic_params(self, hsize, hsize, self.config, self.w_init,
+                                    self.alpha_init, self.eta_init,
+                                    self.plain_eta_init, self.param_dtype)
+
+    rnn_step = rnn_step_impl(self.step_impl)
+
+    def step(p, state, xd):
+      return rnn_step(p, state, xd, self.config, self.clip_value)
+
+    carry, (h, m) = batched(step, x.ndim - 1)(params, carry, x_drive)
+    self.sow("intermediates", "modulation", m)
+    return carry, ((h, m) if self.return_modulation else h)
+
+  @nn.nowrap
+  def initialize_carry(self, rng, input_shape) -> plasticity.RNNState:
+    """Zero h [..., H] and traces [..., H, H] for batch dims `input_shape[:-1]`."""
+    del rng
+    batch = tuple(input_shape[:-1])
+    traces = plasticity.init_traces(self.config, self.hidden_size, self.hidden_size,
+                                    self.param_dtype)
+    traces = jax.tree.map(lambda t: jnp.broadcast_to(t, batch + t.shape), traces)
+    return plasticity.RNNState(h=jnp.zeros(batch + (self.hidden_size,), self.param_dtype),
+                               traces=traces)
+
+  @property
+  def num_feature_axes(self) -> int:
+    return 1
+
+
+class PlasticLSTMCell(nn.RNNCellBase):
+  """Plastic LSTM (SPEC.md §4): plasticity on the h_tm1 -> cell-candidate path.
+
+  Attributes:
+    hidden_size: H.
+    config: the plasticity variant.
+    clip_value: trace bound c (2.0 for the LSTMs).
+    plastic_gates: extension (off by default): the i, f, o gate paths are
+      plastic too, with traces of shape [H, 4H].
+    w_init: initializer of the plastic-path W (default: uniform init of the
+      other LSTM weights, `uniform_range(-init_scale, init_scale)`).
+    init_scale: U(-s, s) init of all non-plastic weights and W (PTB: ~0.1).
+    alpha_init: initializer of alpha.
+    eta_init, plain_eta_init: initial rates.
+    return_modulation: if True the output is `(h, m)`.
+  """
+
+  hidden_size: int
+  config: PlasticityConfig = PlasticityConfig()
+  clip_value: Any = 2.0
+  plastic_gates: bool = False
+  init_scale: float = 0.1
+  w_init: Optional[Initializer] = None
+  alpha_init: Initializer = uniform_range(0.0, 0.01)
+  eta_init: float = 0.01
+  plain_eta_init: float = 0.01
+  return_modulation: bool = False
+  param_dtype: Any = jnp.float32
+
+  def __post_init__(self):
+    check_positive(type(self).__name__, "hidden_size", self.hidden_size)
+    post = self.hidden_size * (4 if self.plastic_gates else 1)
+    check_modulators(type(self).__name__, self.config, post)
+    super().__post_init__()
+
+  @property
+  def post_size(self) -> int:
+    return self.hidden_size * (4 if self.plastic_gates else 1)
+
+  @nn.compact
+  def __call__(self, carry: plasticity.LSTMState, x: Array):
+    """carry: LSTMState with leading batch dims; x: [..., I]."""
+    hsize = self.hidden_size
+    uniform = uniform_range(-self.init_scale, self.init_scale)
+    x_drive = nn.Dense(4 * hsize, kernel_init=uniform, bias_init=nn.initializers.zeros,
+                       param_dtype=self.param_dtype, name="input")(x)
+    gate_kernel = None
+    if not self.plastic_gates:
+      gate_kernel = self.param("gate_kernel", uniform, (hsize, 3 * hsize),
+                               self.param_dtype)
+    params = declare_plastic_params(self, hsize, self.post_size, self.config,
+                                    self.w_init or uniform, self.alpha_init,
+                                    self.eta_init, self.plain_eta_init,
+                                    self.param_dtype)
+
+    def step(p, state, xd):
+      return plasticity.lstm_step(p, gate_kernel, state, xd, self.config,
+                                  self.clip_value)
+
+    carry, (h, m) = batched(step, x.ndim - 1)(params, carry, x_drive)
+    self.sow("intermediates", "modulation", m)
+    return carry, ((h, m) if self.return_modulation else h)
+
+  @nn.nowrap
+  def initialize_carry(self, rng, input_shape) -> plasticity.LSTMState:
+    """Zero h, c [..., H] and traces [..., H, P] for batch dims `input_shape[:-1]`."""
+    del rng
+    batch = tuple(input_shape[:-1])
+    traces = plasticity.init_traces(self.config, self.hidden_size, self.post_size,
+                                    self.param_dtype)
+    traces = jax.tree.map(lambda t: jnp.broadcast_to(t, batch + t.shape), traces)
+    zeros = jnp.zeros(batch + (self.hidden_size,), self.param_dtype)
+    return plasticity.LSTMState(h=zeros, c=zeros, traces=traces)
+
+  @property
+  def num_feature_axes(self) -> int:
+    return 1
