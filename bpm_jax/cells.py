@@ -16,6 +16,7 @@ returned as the output `(h, m)`.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Callable, Optional
 
@@ -110,11 +111,57 @@ def rnn_step_impl(name: str) -> Callable:
   return plasticity.rnn_step
 
 
-def batched(step: Callable, num_batch_dims: int) -> Callable:
-  """vmaps `step(params..., state, x)` over leading batch dims of state and x."""
-  for _ in range(num_batch_dims):
-    step = jax.vmap(step, in_axes=(None, 0, 0))
-  return step
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def broadcast_batch(x: Array, size: int) -> Array:
+  """x [...] -> [size, ...], whose transpose sums over the batch with a dot.
+
+  Autodiff of a vmapped step with unbatched params sums each parameter's
+  per-example cotangent with `reduce_sum(axis=0)`; on XLA:CPU that reduction
+  of a [B, H, H] array is ~100x slower than the same sum as `ones(B) @ g`
+  (27 ms vs 0.24 ms at B=20, H=200). Broadcasting the [H, P] parameters that
+  meet the traces elementwise (alpha, eta) through this op moves that sum
+  into a dot. The forward broadcast fuses into its consumer.
+  """
+  return jnp.broadcast_to(x, (size,) + x.shape)
+
+
+def _broadcast_batch_fwd(x, size):
+  return broadcast_batch(x, size), None
+
+
+def _broadcast_batch_bwd(size, _, g):
+  return (jnp.tensordot(jnp.ones((size,), g.dtype), g, axes=1),)
+
+
+broadcast_batch.defvjp(_broadcast_batch_fwd, _broadcast_batch_bwd)
+
+# [H, P] parameters used elementwise against the [H, P] traces.
+_ELEMENTWISE_PARAMS = ("alpha", "eta")
+
+
+def batched(step: Callable, batch_shape: tuple[int, ...]) -> Callable:
+  """Maps `step(params, state, x)` over leading batch dims of state and x.
+
+  The batch dims are flattened into one, the step is vmapped (params shared),
+  and the outputs are reshaped back.
+  """
+  if not batch_shape:
+    return step
+  size = math.prod(batch_shape)
+
+  def run(params: plasticity.PlasticParams, state, x):
+    flat = lambda t: t.reshape((size,) + t.shape[len(batch_shape):])
+    state, x = jax.tree.map(flat, (state, x))
+    in_axes = jax.tree.map(lambda _: None, params)
+    for name in _ELEMENTWISE_PARAMS:
+      value = getattr(params, name)
+      if value is not None and value.ndim == 2:
+        params = params.replace(**{name: broadcast_batch(value, size)})
+        in_axes = in_axes.replace(**{name: 0})
+    out = jax.vmap(step, in_axes=(in_axes, 0, 0))(params, state, x)
+    return jax.tree.map(lambda t: t.reshape(batch_shape + t.shape[1:]), out)
+
+  return run
 
 
 class PlasticRNNCell(nn.RNNCellBase):
@@ -168,7 +215,7 @@ class PlasticRNNCell(nn.RNNCellBase):
     def step(p, state, xd):
       return rnn_step(p, state, xd, self.config, self.clip_value)
 
-    carry, (h, m) = batched(step, x.ndim - 1)(params, carry, x_drive)
+    carry, (h, m) = batched(step, x.shape[:-1])(params, carry, x_drive)
     self.sow("intermediates", "modulation", m)
     return carry, ((h, m) if self.return_modulation else h)
 
@@ -247,7 +294,7 @@ class PlasticLSTMCell(nn.RNNCellBase):
       return plasticity.lstm_step(p, gate_kernel, state, xd, self.config,
                                   self.clip_value)
 
-    carry, (h, m) = batched(step, x.ndim - 1)(params, carry, x_drive)
+    carry, (h, m) = batched(step, x.shape[:-1])(params, carry, x_drive)
     self.sow("intermediates", "modulation", m)
     return carry, ((h, m) if self.return_modulation else h)
 

@@ -165,3 +165,20 @@ def test_gradients_flow_to_every_parameter():
   for path, g in jax.tree_util.tree_leaves_with_path(grads):
     assert np.all(np.isfinite(g)), path
     assert np.abs(np.asarray(g)).max() > 0, path
+
+
+@pytest.mark.parametrize("cell_cls", [PlasticRNNCell, PlasticLSTMCell])
+def test_batched_gradients_equal_sum_of_per_example_gradients(cell_cls):
+  """`cells.batched` (params broadcast with a dot-transpose) is exact."""
+  config = PlasticityConfig(network="retromod", eta_kind="full")
+  cell = cell_cls(hidden_size=5, config=config)
+  xs = jax.random.normal(jax.random.key(0), (3, 2, 7, 4))  # [B1, B2, T, I]
+  rnn = nn.RNN(cell)
+  variables = rnn.init(jax.random.key(1), xs)
+  loss = lambda v, x: jnp.sum(jnp.sin(rnn.apply(v, x)))
+  batched = jax.grad(loss)(variables, xs)
+  per_example = [jax.grad(loss)(variables, xs[i, j]) for i in range(3) for j in range(2)]
+  summed = jax.tree.map(lambda *g: sum(g), *per_example)
+  for a, b in zip(jax.tree.leaves(batched), jax.tree.leaves(summed)):
+    np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
+  assert batched["params"]["cell"]["eta"].shape == (5, 5)
