@@ -1,0 +1,354 @@
+"""A2C meta-training (train/a2c.py): returns, loss, runs, resume, guards, CLI flags."""
+
+import os
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from absl import flags
+
+from train import a2c
+from train import checkpoint as checkpoint_lib
+from train import inspect as agent_inspect
+from train import metrics as metrics_lib
+from train.config import A2CConfig, a2c_defaults, paper_defaults
+
+# Tiny sizes: every run below compiles in seconds and runs in milliseconds.
+TINY = dict(hidden_size=8, batch_size=3, episode_length=12, iterations=2,
+            chunk_size=2, checkpoint_every=2, progress=False, fast_compile=True)
+
+
+def tiny(env="CueReward-v0", network="modplast", **overrides):
+  return a2c_defaults(env, **dict(TINY, network=network, **overrides))
+
+
+def read_rows(workdir):
+  return metrics_lib.read_csv(os.path.join(workdir, "metrics.csv"))
+
+
+def assert_trees_equal(a, b):
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+# --------------------------------------------------------------------------
+# Returns and loss.
+
+
+@pytest.mark.parametrize("use_jit", [False, True])
+def test_discounted_returns_by_hand(use_jit):
+  rewards = jnp.array([0.0, 1.0, 0.0, 2.0])
+  fn = jax.jit(a2c.discounted_returns) if use_jit else a2c.discounted_returns
+  # R3 = 2; R2 = 0 + .5*2 = 1; R1 = 1 + .5*1 = 1.5; R0 = 0 + .5*1.5 = .75.
+  np.testing.assert_allclose(fn(rewards, 0.5), [0.75, 1.5, 1.0, 2.0])
+  # Batched [T, B]: each column on its own; gamma = 0 gives the rewards.
+  batch = jnp.array([[1.0, -1.0], [0.0, 0.0], [1.0, 3.0]])
+  np.testing.assert_allclose(fn(batch, 0.9), [[1.81, 1.43], [0.9, 2.7], [1.0, 3.0]],
+                             rtol=1e-6)
+  np.testing.assert_allclose(fn(batch, 0.0), batch)
+
+
+def test_advantages_by_hand():
+  rewards = jnp.array([[1.0], [0.0], [-1.0]])
+  values = jnp.array([[0.5], [0.2], [-2.0]])
+  advantages = a2c.discounted_returns(rewards, 0.9) - values
+  # Returns: R2 = -1, R1 = -0.9, R0 = 1 - 0.81 = 0.19.
+  np.testing.assert_allclose(advantages, [[0.19 - 0.5], [-0.9 - 0.2], [-1.0 + 2.0]],
+                             rtol=1e-6)
+
+
+def numpy_loss(log_prob, value, reward, penalty, gamma, value_coef, entropy_coef):
+  """SPEC.md §5.3 written as the reference's loop over steps and episodes."""
+  num_steps, batch = reward.shape
+  total = 0.0
+  for b in range(batch):
+    ret, policy, value_loss, reg = 0.0, 0.0, 0.0, 0.0
+    for t in reversed(range(num_steps)):
+      ret = reward[t, b] + gamma * ret
+      policy -= log_prob[t, b] * (ret - value[t, b])
+      value_loss += (ret - value[t, b]) ** 2
+      reg += entropy_coef * penalty[t, b]
+    total += (policy + reg + value_coef * value_loss) / num_steps
+  return total / batch
+
+
+@pytest.mark.parametrize("use_jit", [False, True])
+def test_a2c_loss_against_numpy(use_jit):
+  rng = np.random.default_rng(0)
+  log_prob, value, reward, penalty = (rng.normal(size=(5, 3)).astype(np.float32)
+                                      for _ in range(4))
+  fn = jax.jit(a2c.a2c_loss) if use_jit else a2c.a2c_loss
+  terms = fn(log_prob, value, reward, penalty, 0.9, 0.1, 0.03)
+  want = numpy_loss(log_prob, value, reward, penalty, 0.9, 0.1, 0.03)
+  np.testing.assert_allclose(terms.loss, want, rtol=1e-5)
+  np.testing.assert_allclose(
+      terms.loss, terms.policy_loss + terms.entropy_loss + 0.1 * terms.value_loss,
+      rtol=1e-6)
+
+
+def test_a2c_loss_gradients_stop_at_the_advantage():
+  """d/dlogpi = -sg(A)/(T B); d/dV = -2 value_coef A/(T B): the baseline is not pushed by the policy."""
+  rng = np.random.default_rng(1)
+  log_prob, value, reward, penalty = (jnp.asarray(rng.normal(size=(4, 2)), jnp.float32)
+                                      for _ in range(4))
+  adv = a2c.discounted_returns(reward, 0.9) - value
+  g_logp, g_value = jax.grad(lambda lp, v: a2c.a2c_loss(lp, v, reward, penalty, 0.9,
+                                                        0.1, 0.0).loss,
+                             argnums=(0, 1))(log_prob, value)
+  np.testing.assert_allclose(g_logp, -adv / 8, rtol=1e-5)
+  np.testing.assert_allclose(g_value, -2 * 0.1 * adv / 8, rtol=1e-5)
+
+
+def test_loss_of_a_fixed_rollout_against_numpy():
+  config = tiny()
+  learner = a2c.make_learner(config)
+  hp = config.hparams()
+  params = jax.tree.map(lambda x: x[0], a2c.init_state(config).params)
+  key = jax.random.key(5)
+  loss, (aux, traj) = a2c.compile_fn(jax.jit(learner.loss), config, params, key, hp)(
+      params, key, hp)
+  traj = jax.device_get(traj)
+  assert traj.log_prob.shape == (12, 3) and traj.modulation.shape == (12, 3, 1)
+  # The rollout's own bookkeeping: log pi(a) <= 0 and the concentration and
+  # entropy of a 2-action softmax are tied by p = exp(log pi(a)).
+  p = np.exp(traj.log_prob)
+  np.testing.assert_allclose(traj.concentration, p**2 + (1 - p)**2, rtol=1e-5)
+  np.testing.assert_allclose(traj.entropy, -(p * np.log(p) + (1 - p) * np.log1p(-p)),
+                             rtol=1e-4, atol=1e-6)
+  want = numpy_loss(traj.log_prob, traj.value, traj.reward, traj.concentration,
+                    0.9, 0.1, 0.1)
+  np.testing.assert_allclose(loss, want, rtol=1e-5)
+  np.testing.assert_array_equal(a2c.regulariser(traj, "concentration"), traj.concentration)
+  np.testing.assert_array_equal(a2c.regulariser(traj, "entropy"), -traj.entropy)
+  np.testing.assert_allclose(aux["reward"], traj.reward.sum(0).mean(), rtol=1e-6)
+  # Cue-reward: only Go steps are rewarded, with +-1.
+  assert set(np.unique(traj.reward)) <= {-1.0, 0.0, 1.0}
+
+
+@pytest.mark.parametrize("network", ["modplast", "retromod"])
+def test_step_impls_and_remat_give_the_same_loss_and_gradients(network):
+  """`fast` (custom VJP) and `remat` change memory and speed, not the numbers."""
+  variants = [tiny(network=network, step_impl="reference"),
+              tiny(network=network, step_impl="fast"),
+              tiny(network=network, step_impl="fast", remat=True)]
+  learners = [a2c.make_learner(c) for c in variants]
+  hp = variants[0].hparams()
+  params = jax.tree.map(lambda x: x[0], a2c.init_state(variants[0]).params)
+
+  def all_grads(params, key):
+    return [jax.grad(lambda p, l=l: l.loss(p, key, hp)[0])(params) for l in learners]
+
+  key = jax.random.key(3)
+  grads = a2c.compile_fn(jax.jit(all_grads), variants[0], params, key)(params, key)
+  for other in grads[1:]:
+    for x, y in zip(jax.tree.leaves(grads[0]), jax.tree.leaves(other), strict=True):
+      np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6)
+  assert np.abs(np.asarray(grads[0]["params"]["cell"]["alpha"])).max() > 0
+
+
+# --------------------------------------------------------------------------
+# Whole runs.
+
+
+SMOKE = [(env, network) for env in ("CueReward-v0", "GridMaze-v0")
+         for network in ("rnn", "plastic", "modplast", "retromod")]
+SMOKE += [("CueRewardFixedCues-v0", "plastic")]
+
+
+@pytest.mark.parametrize("env,network", SMOKE)
+def test_smoke_run_writes_all_outputs(tmp_path, env, network):
+  config = tiny(env, network)
+  state, rows = a2c.train_and_evaluate(config, str(tmp_path))
+  assert [r["iteration"] for r in rows] == [0, 1]
+  assert [r["iteration"] for r in read_rows(tmp_path)] == [0.0, 1.0]
+  for row in rows:
+    assert all(np.isfinite(v) for v in row.values())
+    assert row["env_steps_per_s"] > 0
+  assert A2CConfig.from_json((tmp_path / "config.json").read_text()) == config
+  assert (tmp_path / "curves.png").stat().st_size > 0
+  assert any(p.startswith("events.out.tfevents") for p in os.listdir(tmp_path))
+  assert int(np.asarray(state.iteration)[0]) == 2
+  restored_config, restored, iteration = a2c.restore_state(str(tmp_path))
+  assert iteration == 2 and restored_config == config
+  assert_trees_equal(restored.params, state.params)
+  if env == "GridMaze-v0":  # Batch means of multiples of the reward 10.
+    for r in rows:
+      found = r["reward_seed0"] * config.batch_size / 10
+      assert abs(found - round(found)) < 1e-4
+  if env == "GridMaze-v0" and network == "modplast":
+    written = agent_inspect.inspect_workdir(str(tmp_path), str(tmp_path / "m.png"))
+    assert set(written) == {"modulation", "gif"}
+    assert (tmp_path / "m.png").stat().st_size > 0
+    assert (tmp_path / "episode.gif").read_bytes()[:3] == b"GIF"
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+  """The base tiny run for 4 iterations, in 2 chunks of 2 (checkpoints at 2, 4)."""
+  workdir = tmp_path_factory.mktemp("uninterrupted")
+  state, _ = a2c.train_and_evaluate(tiny(iterations=4), str(workdir))
+  return workdir, state
+
+
+def test_resume_equals_uninterrupted(tmp_path, uninterrupted):
+  full_dir, full_state = uninterrupted
+  a2c.train_and_evaluate(tiny(iterations=2), str(tmp_path))
+  with pytest.raises(ValueError, match="--resume"):
+    a2c.train_and_evaluate(tiny(iterations=4), str(tmp_path))
+  state, rows = a2c.train_and_evaluate(tiny(iterations=4, resume=True), str(tmp_path))
+  assert [r["iteration"] for r in rows] == [2, 3]
+  assert_trees_equal(state, full_state)
+  want, got = read_rows(full_dir), read_rows(tmp_path)
+  assert [r["iteration"] for r in got] == [0, 1, 2, 3]
+  for w, g in zip(want, got):
+    for k in w:
+      if k != "env_steps_per_s":
+        assert w[k] == g[k], (k, w, g)
+
+
+def test_resume_rejects_a_different_config(tmp_path):
+  a2c.train_and_evaluate(tiny(), str(tmp_path))
+  with pytest.raises(ValueError, match="hidden_size"):
+    a2c.train_and_evaluate(tiny(hidden_size=9, iterations=4, resume=True), str(tmp_path))
+
+
+def test_same_seed_same_numbers_other_seed_differs(tmp_path, uninterrupted):
+  full_dir, full_state = uninterrupted
+  state, _ = a2c.train_and_evaluate(tiny(iterations=4), str(tmp_path / "same"))
+  assert_trees_equal(state, full_state)
+  other, _ = a2c.train_and_evaluate(tiny(iterations=4, seed=1), str(tmp_path / "other"))
+  assert not np.array_equal(other.params["params"]["cell"]["w"],
+                            full_state.params["params"]["cell"]["w"])
+
+
+def test_vmapped_seeds_equal_separate_runs(tmp_path):
+  both, rows = a2c.train_and_evaluate(tiny(num_seeds=2), str(tmp_path / "both"))
+  assert set(rows[0]) >= {"reward_seed0", "reward_seed1", "reward_median"}
+  for s in range(2):
+    alone, alone_rows = a2c.train_and_evaluate(tiny(seed=s), str(tmp_path / f"seed{s}"))
+    for x, y in zip(jax.tree.leaves(both), jax.tree.leaves(alone), strict=True):
+      np.testing.assert_allclose(np.asarray(x)[s], np.asarray(y)[0], rtol=2e-5, atol=1e-6)
+    for r, ra in zip(rows, alone_rows):
+      assert r[f"reward_seed{s}"] == ra["reward_seed0"]
+  assert rows[0]["reward_median"] == pytest.approx(
+      np.median([rows[0]["reward_seed0"], rows[0]["reward_seed1"]]))
+
+
+def test_make_train_vmaps_over_hyperparameters():
+  """purejaxrl style: the whole run is one function of (key, hparams)."""
+  config = tiny()
+  train = jax.jit(jax.vmap(a2c.make_train(config), in_axes=(None, 0)))
+  hp = config.hparams()
+  sweep = jax.tree.map(lambda x: jnp.stack([x, x]), hp).replace(
+      learning_rate=jnp.array([1e-4, 3e-2]))
+  key = jax.random.key(0)
+  state, metrics = a2c.compile_fn(train, config, key, sweep)(key, sweep)
+  assert metrics["loss"].shape == (2, 2) and state.iteration.tolist() == [2, 2]
+  w0 = a2c.init_state(config).params["params"]["cell"]["w"][0]  # Seed 0: key(0).
+  step0 = np.abs(np.asarray(state.params["params"]["cell"]["w"][0]) - w0).max()
+  step1 = np.abs(np.asarray(state.params["params"]["cell"]["w"][1]) - w0).max()
+  assert 0 < step0 < step1  # Adam moves each weight by about lr per step.
+  assert step0 <= 3 * 1e-4
+
+
+def test_burn_in_computes_but_does_not_apply_gradients(tmp_path):
+  config = tiny("GridMaze-v0", "plastic", burn_in=2, iterations=3, chunk_size=1,
+                checkpoint_every=1, entropy_kind="entropy", remat=True)
+  state, rows = a2c.train_and_evaluate(config, str(tmp_path))
+  init = a2c.init_state(config)
+  assert all(r["grad_norm"] > 0 for r in rows)
+  # Two iterations of burn-in left the parameters and Adam alone; the third moved them.
+  _, after_burn_in, _ = a2c.restore_state(str(tmp_path), step=2)
+  assert_trees_equal(after_burn_in.params, init.params)
+  assert int(after_burn_in.opt_state[1][0].count[0]) == 0
+  assert int(state.opt_state[1][0].count[0]) == 1
+  assert not np.array_equal(state.params["params"]["cell"]["w"],
+                            init.params["params"]["cell"]["w"])
+
+
+# --------------------------------------------------------------------------
+# Guards.
+
+
+def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
+  config = tiny()
+  a2c.train_and_evaluate(config, str(tmp_path))
+  bad = config.hparams().replace(learning_rate=jnp.float32(np.nan))
+  with pytest.raises(a2c.NonFiniteError, match=r"iteration 2\b") as info:
+    a2c.train_and_evaluate(tiny(iterations=4, resume=True), str(tmp_path), hparams=bad)
+  assert os.path.join("checkpoints", "2") in str(info.value)
+  ckpt = checkpoint_lib.Checkpointer(str(tmp_path / "checkpoints"))
+  assert ckpt.all_steps() == [2]
+  ckpt.close()
+  _, state, iteration = a2c.restore_state(str(tmp_path))
+  assert iteration == 2
+  assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state.params))
+  assert [r["iteration"] for r in read_rows(tmp_path)] == [0, 1]
+
+
+def test_corrupt_checkpoint_names_the_path(tmp_path):
+  config = tiny()
+  a2c.train_and_evaluate(config, str(tmp_path))
+  step_dir = tmp_path / "checkpoints" / "2" / "state"
+  for root, _, files in os.walk(step_dir):
+    for name in files:
+      with open(os.path.join(root, name), "wb") as f:
+        f.write(b"garbage")
+  with pytest.raises(checkpoint_lib.CheckpointError) as info:
+    a2c.train_and_evaluate(tiny(iterations=4, resume=True), str(tmp_path))
+  message = str(info.value)
+  assert str(tmp_path / "checkpoints" / "2") in message
+  assert "Delete" in message and "fresh workdir" in message
+
+
+# --------------------------------------------------------------------------
+# Command-line flags.
+
+
+def parse(*args):
+  fv = flags.FlagValues()
+  a2c.define_flags(fv)
+  fv(["a2c", *args])
+  return fv
+
+
+def test_flags_map_one_to_one_and_default_to_the_paper():
+  fv = parse("--env=GridMaze-v0", "--network=rnn", "--workdir=/tmp/x", "--noremat",
+             "--learning_rate=3e-4", "--num_seeds=3", "--noprogress", "--fast_compile")
+  config = a2c.config_from_flags(fv)
+  want = A2CConfig(**dict(paper_defaults("GridMaze-v0", "rnn"), learning_rate=3e-4,
+                          num_seeds=3, progress=False, remat=False, fast_compile=True))
+  assert config == want
+  assert config.hidden_size == 100 and config.entropy_coef == 0.03
+  assert config.episode_length == 200 and config.adam_eps == 1e-4
+  cue = a2c.config_from_flags(parse("--workdir=/tmp/x"))
+  assert (cue.env, cue.network, cue.hidden_size, cue.episode_length) == (
+      "CueReward-v0", "modplast", 200, 120)
+  assert (cue.batch_size, cue.grad_clip_norm, cue.adam_eps, cue.entropy_coef) == (
+      30, 2.0, 1e-6, 0.1)
+
+
+@pytest.mark.parametrize("arg,allowed", [
+    ("--network=lstm", "rnn"), ("--env=Pong-v0", "GridMaze-v0"),
+    ("--entropy_kind=kl", "concentration"), ("--step_impl=cuda", "reference")])
+def test_unknown_choice_flags_fail_at_parse(arg, allowed):
+  with pytest.raises(flags.IllegalFlagValueError) as info:
+    parse(arg, "--workdir=/tmp/x")
+  assert arg.split("=")[0].lstrip("-") in str(info.value) and allowed in str(info.value)
+
+
+@pytest.mark.parametrize("arg", ["--learning_rate=-1", "--hidden_size=0",
+                                 "--batch_size=-3", "--discount=1.5", "--maze_size=8",
+                                 "--grad_clip_norm=0"])
+def test_bad_numeric_flags_fail_before_any_work(arg):
+  fv = parse(arg, "--workdir=/tmp/x")
+  name = arg.split("=")[0]
+  with pytest.raises(ValueError, match=name):
+    a2c.config_from_flags(fv)
+
+
+def test_workdir_flag_is_required():
+  with pytest.raises(ValueError, match="--workdir"):
+    a2c.config_from_flags(parse("--network=rnn"))

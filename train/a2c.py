@@ -1,0 +1,658 @@
+"""A2C meta-training of plastic actor-critic agents (SPEC.md §5.3).
+
+Library use (purejaxrl style; the whole run is one jittable function):
+
+    config = a2c_defaults("CueReward-v0", network="modplast", iterations=100)
+    train = make_train(config)
+    state, metrics = jax.jit(train)(jax.random.key(0), config.hparams())
+    # seeds x hyperparameters: jax.jit(jax.vmap(jax.vmap(train, (0, None)), (None, 0)))
+
+Command line (flags not given take the env's paper defaults):
+
+    python -m train.a2c --env=CueReward-v0 --network=modplast \
+        --iterations=1000 --workdir=/tmp/cue_modplast
+
+One iteration runs B fresh episodes in parallel (env reset, zero hidden state
+and plastic traces), each exactly `episode_length` steps, then takes one Adam
+step on the A2C loss of the whole episode (one BPTT graph):
+
+    R_t = r_t + gamma R_{t+1}
+    loss = mean_b [ -sum_t log pi(a_t) sg(R_t - V_t)
+                    + coef sum_t sum_a pi_t(a)^2        (or -coef H(pi_t))
+                    + value_coef sum_t (R_t - V_t)^2 ] / T
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import os
+import sys
+from typing import Any, Callable, NamedTuple, Optional
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import envs
+from bpm_jax.agents import ActorCritic
+from train import checkpoint as checkpoint_lib
+from train import metrics as metrics_lib
+from train.config import (A2CConfig, CHOICES, HPARAM_FIELDS, HParams,
+                          RUN_CONTROL_FIELDS, a2c_defaults)
+
+Array = jax.Array
+PyTree = Any
+
+CONFIG_JSON = "config.json"
+CURVES_PNG = "curves.png"
+CHECKPOINT_DIR = "checkpoints"
+
+
+class NonFiniteError(FloatingPointError):
+  """A NaN/inf appeared in the loss, the gradient or the parameters."""
+
+
+# --------------------------------------------------------------------------
+# Pure pieces: returns and loss.
+
+
+def discounted_returns(rewards: Array, discount: Array | float) -> Array:
+  """R_t = r_t + discount * R_{t+1}, with R_T = 0 (reverse `lax.scan`).
+
+  Args:
+    rewards: [T, ...] rewards r_t (any trailing batch dims).
+    discount: [] gamma.
+
+  Returns:
+    [T, ...] returns R_t.
+  """
+
+  def backward(next_return, reward_t):
+    return_t = reward_t + discount * next_return
+    return return_t, return_t
+
+  _, returns = jax.lax.scan(backward, jnp.zeros_like(rewards[0]), rewards, reverse=True)
+  return returns
+
+
+@flax.struct.dataclass
+class Trajectory:
+  """One batch of episodes, time-major.
+
+  Attributes:
+    log_prob: [T, B] log pi(a_t | history) of the sampled actions.
+    value: [T, B] value estimates V_t.
+    reward: [T, B] rewards r_t.
+    concentration: [T, B] sum_a pi_t(a)^2.
+    entropy: [T, B] -sum_a pi_t(a) log pi_t(a).
+    action: [T, B] int32 sampled actions.
+    modulation: [T, B, K] m(t) (zeros for non-modulated networks).
+    env_state: env states seen at each step, leaves [T, B, ...] (only with
+      `record=True`, else None).
+    info: the env's per-step info dict, leaves [T, B] (with `record=True`).
+  """
+
+  log_prob: Array
+  value: Array
+  reward: Array
+  concentration: Array
+  entropy: Array
+  action: Array
+  modulation: Array
+  env_state: Any = None
+  info: Any = None
+
+
+class LossTerms(NamedTuple):
+  """Batch means of the loss terms, each divided by T; `loss` is their weighted sum."""
+
+  loss: Array  # [] total = policy_loss + entropy_loss + value_coef * value_loss.
+  policy_loss: Array  # [] -sum_t log pi(a_t) sg(A_t) / T.
+  value_loss: Array  # [] sum_t A_t^2 / T.
+  entropy_loss: Array  # [] coef * sum_t penalty_t / T (penalty: sum pi^2 or -H).
+
+
+def a2c_loss(log_prob: Array, value: Array, reward: Array, penalty: Array,
+             discount: Array | float, value_coef: Array | float,
+             entropy_coef: Array | float) -> LossTerms:
+  """The A2C loss of SPEC.md §5.3 for a batch of whole episodes.
+
+  Args:
+    log_prob: [T, B] log pi(a_t).
+    value: [T, B] V_t (each episode's own baseline).
+    reward: [T, B] r_t.
+    penalty: [T, B] per-step regulariser: sum_a pi(a)^2 (concentration) or
+      -H(pi) (entropy bonus).
+    discount, value_coef, entropy_coef: [] scalars.
+
+  Returns:
+    LossTerms; `loss` = mean_b (policy + coef * penalty + value_coef * value) / T.
+  """
+  if not (log_prob.ndim == value.ndim == reward.ndim == penalty.ndim == 2):
+    raise ValueError("a2c_loss expects [T, B] arrays, got shapes "
+                     f"{log_prob.shape}, {value.shape}, {reward.shape}, {penalty.shape}.")
+  num_steps = reward.shape[0]
+  returns = discounted_returns(jax.lax.stop_gradient(reward), discount)
+  advantage = returns - value
+  policy = -jnp.sum(log_prob * jax.lax.stop_gradient(advantage), axis=0)  # [B]
+  value_sq = jnp.sum(advantage**2, axis=0)  # [B]
+  reg = entropy_coef * jnp.sum(penalty, axis=0)  # [B]
+  policy_loss = jnp.mean(policy) / num_steps
+  value_loss = jnp.mean(value_sq) / num_steps
+  entropy_loss = jnp.mean(reg) / num_steps
+  return LossTerms(loss=policy_loss + entropy_loss + value_coef * value_loss,
+                   policy_loss=policy_loss, value_loss=value_loss,
+                   entropy_loss=entropy_loss)
+
+
+def regulariser(trajectory: Trajectory, entropy_kind: str) -> Array:
+  """[T, B] per-step penalty: sum_a pi(a)^2 (`concentration`) or -H(pi) (`entropy`)."""
+  if entropy_kind == "concentration":
+    return trajectory.concentration
+  if entropy_kind == "entropy":
+    return -trajectory.entropy
+  raise ValueError(f"entropy_kind={entropy_kind!r}; choose concentration or entropy.")
+
+
+def make_optimizer(hparams: HParams) -> optax.GradientTransformation:
+  """clip_by_global_norm then Adam, from (possibly traced) hyperparameters."""
+  return optax.chain(
+      optax.clip_by_global_norm(hparams.grad_clip_norm),
+      optax.adam(hparams.learning_rate, eps=hparams.adam_eps))
+
+
+# --------------------------------------------------------------------------
+# Training state and functions.
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything a run needs to continue; all leaves are plain arrays.
+
+  Attributes:
+    params: agent parameters ({"params": {...}}).
+    opt_state: optax state of `make_optimizer`.
+    key: [2] uint32 raw PRNG key data (`jax.random.key_data`).
+    iteration: [] int32 completed iterations.
+  """
+
+  params: PyTree
+  opt_state: PyTree
+  key: Array
+  iteration: Array
+
+
+class Learner(NamedTuple):
+  """The jittable pieces of an A2C run for one config (built by `make_learner`).
+
+  Attributes:
+    config: the run's config.
+    env, env_params: the environment and its params.
+    make_agent: clip_value -> ActorCritic.
+    init: (key, hparams) -> TrainState.
+    update: (TrainState, hparams) -> (TrainState, metrics of one iteration).
+    run: (TrainState, hparams, num_iterations) -> (TrainState, metrics [N]).
+    rollout: (params, key, hparams, batch_size, record) -> Trajectory.
+    loss: (params, key, hparams) -> (loss [], (metrics, Trajectory)): the
+      rollout of one iteration (B = config.batch_size) and its A2C loss.
+  """
+
+  config: A2CConfig
+  env: Any
+  env_params: Any
+  make_agent: Callable[[Any], ActorCritic]
+  init: Callable[..., TrainState]
+  update: Callable[..., tuple[TrainState, dict]]
+  run: Callable[..., tuple[TrainState, dict]]
+  rollout: Callable[..., Trajectory]
+  loss: Callable[..., tuple[Array, tuple[dict, Trajectory]]]
+
+
+def _typed_key(key: Array) -> Array:
+  if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+    return key
+  return jax.random.wrap_key_data(key)
+
+
+def _all_finite(tree: PyTree) -> Array:
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+
+
+def make_learner(config: A2CConfig) -> Learner:
+  """Builds the environment, the agent and the pure training functions.
+
+  Learners are cached per static part of the config (everything except run
+  control, seed and the traced hyperparameters), so runs that differ only in
+  those reuse the same functions and hence the same compiled programs.
+  """
+  return _make_learner(_static_config(config))
+
+
+def _static_config(config: A2CConfig) -> A2CConfig:
+  """`config` with the fields that do not change the compiled program reset."""
+  neutral = A2CConfig()
+  fields = RUN_CONTROL_FIELDS + HPARAM_FIELDS + ("seed", "num_seeds")
+  return config.replace(**{f: getattr(neutral, f) for f in fields})
+
+
+@functools.lru_cache(maxsize=32)
+def _make_learner(config: A2CConfig) -> Learner:
+  env, env_params = envs.make(config.env, **config.env_kwargs())
+  num_steps = config.episode_length
+  obs_size = env.observation_space(env_params).shape[0]
+  num_actions = env.action_space(env_params).n
+
+  def make_agent(clip_value: Any) -> ActorCritic:
+    return ActorCritic(num_actions=num_actions, hidden_size=config.hidden_size,
+                       config=config.plasticity, clip_value=clip_value,
+                       eta_init=config.eta_init, init_scale=config.init_scale,
+                       step_impl=config.step_impl)
+
+  def rollout(params: PyTree, key: Array, hparams: HParams, batch_size: int,
+              record: bool = False) -> Trajectory:
+    """B fresh episodes of exactly T steps; differentiable w.r.t. `params`."""
+    agent = make_agent(hparams.clip_value)
+    key_reset, key_steps = jax.random.split(key)
+    obs, env_state = jax.vmap(env.reset, in_axes=(0, None))(
+        jax.random.split(key_reset, batch_size), env_params)
+    carry = agent.initialize_carry((batch_size,))
+
+    def step(step_carry, key_t):
+      agent_carry, env_state, obs = step_carry
+      agent_carry, (logits, value, m) = agent.apply(params, agent_carry, obs)
+      key_action, key_env = jax.random.split(key_t)
+      action = jax.random.categorical(key_action, logits)  # [B]
+      # `step_env`, not `step`: every episode is exactly T steps long, so the
+      # auto-reset of `env.step` (a full reset per step) is never wanted.
+      next_obs, next_env_state, reward, _, info = jax.vmap(
+          env.step_env, in_axes=(0, 0, 0, None))(
+              jax.random.split(key_env, batch_size), env_state, action, env_params)
+      log_pi = jax.nn.log_softmax(logits)
+      pi = jnp.exp(log_pi)
+      out = Trajectory(
+          log_prob=jnp.take_along_axis(log_pi, action[:, None], axis=1)[:, 0],
+          value=value, reward=reward,
+          concentration=jnp.sum(pi**2, axis=-1),
+          entropy=-jnp.sum(pi * log_pi, axis=-1),
+          action=action.astype(jnp.int32), modulation=m,
+          env_state=env_state if record else None,
+          info=info if record else None)
+      return (agent_carry, next_env_state, next_obs), out
+
+    if config.remat:
+      step = jax.checkpoint(step, prevent_cse=False)
+    _, trajectory = jax.lax.scan(step, (carry, env_state, obs),
+                                 jax.random.split(key_steps, num_steps))
+    return trajectory
+
+  def init(key: Array, hparams: HParams) -> TrainState:
+    key_params, key_train = jax.random.split(_typed_key(key))
+    agent = make_agent(hparams.clip_value)
+    params = agent.init(key_params, agent.initialize_carry((1,)),
+                        jnp.zeros((1, obs_size), jnp.float32))
+    return TrainState(params=params, opt_state=make_optimizer(hparams).init(params),
+                      key=jax.random.key_data(key_train),
+                      iteration=jnp.zeros((), jnp.int32))
+
+  def loss(params, key, hparams):
+    trajectory = rollout(params, key, hparams, config.batch_size)
+    penalty = regulariser(trajectory, config.entropy_kind)
+    terms = a2c_loss(trajectory.log_prob, trajectory.value, trajectory.reward,
+                     penalty, hparams.discount, hparams.value_coef,
+                     hparams.entropy_coef)
+    aux = dict(terms._asdict(),
+               reward=jnp.mean(jnp.sum(trajectory.reward, axis=0)),
+               modulation_abs=jnp.mean(jnp.abs(trajectory.modulation)))
+    return terms.loss, (aux, trajectory)
+
+  def loss_fn(params, key, hparams):
+    loss_value, (aux, _) = loss(params, key, hparams)
+    return loss_value, aux
+
+  def update(state: TrainState, hparams: HParams) -> tuple[TrainState, dict]:
+    key, key_rollout = jax.random.split(_typed_key(state.key))
+    grads, aux = jax.grad(loss_fn, has_aux=True)(state.params, key_rollout, hparams)
+    updates, opt_state = make_optimizer(hparams).update(grads, state.opt_state,
+                                                        state.params)
+    params = optax.apply_updates(state.params, updates)
+    if config.burn_in > 0:
+      apply = state.iteration >= config.burn_in
+      params, opt_state = jax.tree.map(lambda new, old: jnp.where(apply, new, old),
+                                       (params, opt_state),
+                                       (state.params, state.opt_state))
+    grad_norm = optax.tree.norm(grads)
+    metrics = dict(aux, grad_norm=grad_norm,
+                   finite=jnp.isfinite(aux["loss"]) & jnp.isfinite(grad_norm)
+                   & _all_finite(params))
+    new_state = TrainState(params=params, opt_state=opt_state,
+                           key=jax.random.key_data(key), iteration=state.iteration + 1)
+    return new_state, metrics
+
+  def run(state: TrainState, hparams: HParams,
+          num_iterations: int) -> tuple[TrainState, dict]:
+    """`num_iterations` updates in one `lax.scan`; metrics leaves [N]."""
+    return jax.lax.scan(lambda s, _: update(s, hparams), state, None,
+                        length=num_iterations)
+
+  return Learner(config=config, env=env, env_params=env_params,
+                 make_agent=make_agent, init=init, update=update, run=run,
+                 rollout=rollout, loss=loss)
+
+
+def make_train(config: A2CConfig) -> Callable[[Array, HParams], tuple[TrainState, dict]]:
+  """`train(key, hparams) -> (final TrainState, metrics [iterations])`.
+
+  The whole run is one pure function: jit it, vmap it over keys (seeds) and
+  over `HParams` leaves (sweeps).
+  """
+  learner = make_learner(config)
+
+  def train(key: Array, hparams: HParams) -> tuple[TrainState, dict]:
+    state = learner.init(key, hparams)
+    return learner.run(state, hparams, config.iterations)
+
+  return train
+
+
+def seed_keys(config: A2CConfig) -> Array:
+  """[S] keys; agent s is seeded with `jax.random.key(seed + s)`."""
+  return jnp.stack([jax.random.key(config.seed + s) for s in range(config.num_seeds)])
+
+
+# --------------------------------------------------------------------------
+# Host loop: chunks, logging, checkpoints.
+
+
+@functools.lru_cache(maxsize=32)
+def _init_fn(learner: Learner) -> Callable:
+  """Jitted seed-vmapped `init` (cached: reused by runs of the same learner)."""
+  return jax.jit(jax.vmap(learner.init, in_axes=(0, None)))
+
+
+@functools.lru_cache(maxsize=32)
+def _chunk_fn(learner: Learner, num_iterations: int) -> Callable:
+  """Jitted seed-vmapped `run` of `num_iterations` iterations (cached)."""
+  return jax.jit(jax.vmap(functools.partial(learner.run, num_iterations=num_iterations),
+                          in_axes=(0, None)))
+
+
+_COMPILED: dict[tuple, Any] = {}
+
+
+def compile_fn(fn: Callable, config: A2CConfig, *args) -> Callable:
+  """AOT-compiles jitted `fn` for `args` with the config's XLA options."""
+  options = config.compiler_options()
+  lowered = fn.lower(*args)
+  return lowered.compile(compiler_options=options) if options else lowered.compile()
+
+
+def _compiled(name: str, fn: Callable, learner: Learner, config: A2CConfig,
+              *args) -> tuple[Callable, float]:
+  """(compiled `fn` for `args`, seconds spent compiling now; 0 if cached).
+
+  Cached per (name, learner, argument shapes, fast_compile), so runs of the
+  same program in one process (tests, notebooks, resumes) compile it once.
+  """
+  signature = tuple((x.shape, str(x.dtype)) for x in jax.tree.leaves(args))
+  key = (name, learner, signature, config.fast_compile)
+  if key in _COMPILED:
+    return _COMPILED[key], 0.0
+  watch = metrics_lib.Stopwatch()
+  _COMPILED[key] = compile_fn(fn, config, *args)
+  return _COMPILED[key], watch.lap()
+
+
+def init_state(config: A2CConfig, hparams: Optional[HParams] = None) -> TrainState:
+  """The seed-stacked initial TrainState of a run (leaves [S, ...])."""
+  learner = make_learner(config)
+  hparams = config.hparams() if hparams is None else hparams
+  keys = seed_keys(config)
+  init_fn, _ = _compiled("init", _init_fn(learner), learner, config, keys, hparams)
+  return init_fn(keys, hparams)
+
+
+def metric_fieldnames(num_seeds: int) -> list[str]:
+  return (["iteration"] + [f"reward_seed{s}" for s in range(num_seeds)]
+          + ["reward_median", "loss", "policy_loss", "value_loss", "entropy_loss",
+             "grad_norm", "modulation_abs", "env_steps_per_s"])
+
+
+def _rows(metrics: dict, start: int, steps_per_s: float) -> list[dict]:
+  """Per-iteration CSV rows from chunk metrics with leaves [S, N]."""
+  rewards = np.asarray(metrics["reward"])  # [S, N]
+  rows = []
+  for n in range(rewards.shape[1]):
+    row = {"iteration": start + n}
+    row.update({f"reward_seed{s}": float(rewards[s, n]) for s in range(rewards.shape[0])})
+    row["reward_median"] = float(np.median(rewards[:, n]))
+    for name in ("loss", "policy_loss", "value_loss", "entropy_loss", "grad_norm",
+                 "modulation_abs"):
+      row[name] = float(np.mean(np.asarray(metrics[name])[:, n]))
+    row["env_steps_per_s"] = steps_per_s
+    rows.append(row)
+  return rows
+
+
+def abstract_state(learner: Learner, num_seeds: int) -> TrainState:
+  """Shapes/dtypes of the seed-stacked TrainState (for restoring)."""
+  keys = jnp.stack([jax.random.key(s) for s in range(num_seeds)])
+  return jax.eval_shape(jax.vmap(learner.init, in_axes=(0, None)), keys,
+                        learner.config.hparams())
+
+
+def load_config(workdir: str) -> A2CConfig:
+  with open(os.path.join(workdir, CONFIG_JSON)) as f:
+    return A2CConfig.from_json(f.read())
+
+
+def restore_state(workdir: str, config: Optional[A2CConfig] = None,
+                  step: Optional[int] = None) -> tuple[A2CConfig, TrainState, int]:
+  """Loads (config, seed-stacked TrainState, iteration) from a workdir's checkpoint."""
+  config = config or load_config(workdir)
+  learner = make_learner(config)
+  with checkpoint_lib.Checkpointer(os.path.join(workdir, CHECKPOINT_DIR),
+                                   config.keep_checkpoints) as ckpt:
+    state, metadata = ckpt.restore(abstract_state(learner, config.num_seeds), step)
+  return config, state, int(metadata.get("iteration", int(np.asarray(state.iteration)[0])))
+
+
+def _check_resume_config(workdir: str, config: A2CConfig) -> None:
+  path = os.path.join(workdir, CONFIG_JSON)
+  if not os.path.exists(path):
+    return
+  saved = load_config(workdir).to_dict()
+  now = config.to_dict()
+  diff = {k: (saved[k], now[k]) for k in now
+          if k not in RUN_CONTROL_FIELDS and saved.get(k) != now[k]}
+  if diff:
+    details = ", ".join(f"{k}: saved {a!r}, now {b!r}" for k, (a, b) in diff.items())
+    raise ValueError(f"--resume with a config that differs from {path} ({details}). "
+                     "Resume with the same settings or use a fresh workdir.")
+
+
+def train_and_evaluate(config: A2CConfig, workdir: str,
+                       hparams: Optional[HParams] = None) -> tuple[TrainState, list[dict]]:
+  """Trains `config.num_seeds` agents; writes config, metrics, checkpoints, curves.
+
+  Args:
+    config: the run.
+    workdir: output directory: config.json, metrics.csv, TensorBoard events,
+      checkpoints/, curves.png.
+    hparams: traced hyperparameters; default `config.hparams()`.
+
+  Returns:
+    (final seed-stacked TrainState, the metric rows written by this call).
+
+  Raises:
+    NonFiniteError: NaN/inf in loss, gradient or parameters (nothing of the
+      bad iteration is saved; the last good checkpoint stays).
+    checkpoint_lib.CheckpointError: unreadable checkpoint on --resume.
+  """
+  workdir = os.path.abspath(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  hparams = config.hparams() if hparams is None else hparams
+  learner = make_learner(config)
+  ckpt = checkpoint_lib.Checkpointer(os.path.join(workdir, CHECKPOINT_DIR),
+                                     config.keep_checkpoints)
+  progress = None
+  writer = None
+  try:
+    latest = ckpt.latest_step()
+    if latest is not None and not config.resume:
+      raise ValueError(
+          f"{workdir} already holds checkpoints (latest: iteration {latest}); pass "
+          "--resume to continue that run or choose a fresh --workdir.")
+    if config.resume and latest is not None:
+      _check_resume_config(workdir, config)
+      state, _ = ckpt.restore(abstract_state(learner, config.num_seeds))
+      start = int(np.asarray(state.iteration)[0])
+    else:
+      state = init_state(config, hparams)
+      start = 0
+    with open(os.path.join(workdir, CONFIG_JSON), "w") as f:
+      f.write(config.to_json())
+    csv_path = os.path.join(workdir, metrics_lib.METRICS_CSV)
+    if start:
+      metrics_lib.truncate_csv(csv_path, start)  # Drop rows past the checkpoint.
+    elif os.path.exists(csv_path):
+      os.remove(csv_path)  # Left by a run that stopped before its first checkpoint.
+    writer = metrics_lib.MetricsWriter(workdir, metric_fieldnames(config.num_seeds))
+
+    print(metrics_lib.format_config(
+        config.to_dict(), f"A2C on {config.env} ({config.network}); paper defaults "
+        f"of {config.env} unless set. Workdir: {workdir}"), flush=True)
+    if start:
+      print(f"Resuming from the checkpoint at iteration {start}.", flush=True)
+
+    env_steps = config.num_seeds * config.batch_size * config.episode_length
+    progress = metrics_lib.Progress(config.iterations, start, config.progress,
+                                    desc=f"{config.network}")
+    all_rows = []
+    iteration = start
+    while iteration < config.iterations:
+      next_ckpt = (iteration // config.checkpoint_every + 1) * config.checkpoint_every
+      n = min(config.chunk_size, next_ckpt - iteration, config.iterations - iteration)
+      fn, compile_seconds = _compiled(f"run{n}", _chunk_fn(learner, n), learner, config,
+                                      state, hparams)
+      if compile_seconds:
+        progress.write(f"Compiled the {n}-iteration chunk in {compile_seconds:.1f} s.")
+      watch = metrics_lib.Stopwatch()
+      new_state, chunk_metrics = fn(state, hparams)
+      chunk_metrics = jax.device_get(chunk_metrics)
+      seconds = watch.lap()
+      rows = _rows(chunk_metrics, iteration, env_steps * n / seconds)
+      finite = np.asarray(chunk_metrics["finite"])  # [S, N]
+      if not finite.all():
+        bad_n = int(np.argmax(~finite.all(axis=0)))
+        bad_seeds = [int(s) for s in np.nonzero(~finite[:, bad_n])[0]]
+        writer.write_rows(rows[:bad_n])
+        last = ckpt.latest_step()
+        where = (f"the last good checkpoint is iteration {last} in {ckpt.step_path(last)}"
+                 if last is not None else "no checkpoint was saved yet")
+        raise NonFiniteError(
+            f"Non-finite loss, gradient or parameters at iteration {iteration + bad_n} "
+            f"(seed index {bad_seeds}); training stopped and that state was not "
+            f"saved; {where}. Lower --learning_rate or --grad_clip_norm, or check "
+            "the hyperparameters.")
+      state = new_state
+      writer.write_rows(rows)
+      all_rows += rows
+      iteration += n
+      progress.update(n, median_reward=rows[-1]["reward_median"],
+                      env_steps_per_s=rows[-1]["env_steps_per_s"])
+      if iteration % config.checkpoint_every == 0 or iteration == config.iterations:
+        ckpt.save(iteration, state, metadata={"iteration": iteration,
+                                              "config": config.to_dict()})
+    progress.close()
+    progress = None
+    if all_rows or os.path.exists(os.path.join(workdir, metrics_lib.METRICS_CSV)):
+      from train import plot  # pylint: disable=g-import-not-at-top
+      plot.plot_workdirs([workdir], os.path.join(workdir, CURVES_PNG))
+    return state, all_rows
+  finally:
+    if progress is not None:
+      progress.close()
+    if writer is not None:
+      writer.close()
+    ckpt.close()
+
+
+# --------------------------------------------------------------------------
+# Command line. Flags are defined only when run as a program.
+
+
+def define_flags(flag_values=None) -> None:
+  """Defines one flag per A2CConfig field (default None: the paper default)."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  fv = flag_values if flag_values is not None else flags.FLAGS
+  flags.DEFINE_string("workdir", None, "Output directory.", flag_values=fv)
+  for field in dataclasses.fields(A2CConfig):
+    name, help_text = field.name, field.metadata.get("help", "")
+    kind = field.type if isinstance(field.type, str) else getattr(field.type, "__name__", "")
+    if name in CHOICES:
+      flags.DEFINE_enum(name, "CueReward-v0" if name == "env" else None,
+                        list(CHOICES[name]), help_text, flag_values=fv)
+    elif kind == "bool":
+      flags.DEFINE_bool(name, None, help_text, flag_values=fv)
+    elif kind == "int":
+      flags.DEFINE_integer(name, None, help_text, flag_values=fv)
+    elif kind in ("float", "Optional[float]"):
+      flags.DEFINE_float(name, None, help_text, flag_values=fv)
+    else:
+      raise TypeError(f"No flag type for A2CConfig.{name}: {field.type}")
+
+
+def config_from_flags(flag_values) -> A2CConfig:
+  """A2CConfig from parsed flags; flags not given take `paper_defaults(env, network)`.
+
+  Raises:
+    ValueError: an invalid value, naming the flag and what is allowed.
+  """
+  given = {}
+  for field in dataclasses.fields(A2CConfig):
+    value = flag_values[field.name].value
+    if value is not None and field.name != "env":
+      given[field.name] = value
+  if flag_values["workdir"].value in (None, ""):
+    raise ValueError("--workdir is required: the directory for outputs and checkpoints.")
+  try:
+    return a2c_defaults(flag_values["env"].value, **given)
+  except ValueError as e:
+    message = str(e)
+    names = {f.name for f in dataclasses.fields(A2CConfig)}
+    if message.split("=", 1)[0] in names:
+      raise ValueError(f"--{message}") from e  # "--learning_rate=-1.0 is invalid: ..."
+    raise ValueError(f"Invalid combination of flags: {message}") from e
+
+
+def main(argv):
+  from absl import app, flags, logging  # pylint: disable=g-import-not-at-top
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  try:
+    config = config_from_flags(flags.FLAGS)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from e
+  try:
+    train_and_evaluate(config, flags.FLAGS.workdir)
+  except (NonFiniteError, checkpoint_lib.CheckpointError, ValueError) as e:
+    print(f"ERROR: {e}", file=sys.stderr, flush=True)
+    sys.exit(1)
+
+
+def run_cli() -> None:
+  from absl import app  # pylint: disable=g-import-not-at-top
+  define_flags()
+  app.run(main)
+
+
+if __name__ == "__main__":
+  run_cli()

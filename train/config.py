@@ -1,0 +1,262 @@
+"""Configuration of A2C meta-training (SPEC.md §5.1-5.3) and per-env paper defaults.
+
+One frozen `A2CConfig` describes a whole run. Every field is also a flag of
+`python -m train.a2c` (same name). Fields that change shapes or the graph
+(sizes, network variant, env) are static; the numbers a sweep varies
+(learning rate, coefficients, clip value) are copied into the traced
+`HParams` pytree by `A2CConfig.hparams()`, so `train(key, hparams)` can be
+`jax.vmap`ped over them.
+
+    config = a2c_defaults("CueReward-v0", network="rnn", iterations=100)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import typing
+from typing import Any, Literal, Optional
+
+import flax.struct
+import jax.numpy as jnp
+
+from bpm_jax.config import (ALPHA_KINDS, MODULATION_FNS, NETWORKS, TRACE_RULES,
+                            PlasticityConfig)
+
+EntropyKind = Literal["concentration", "entropy"]
+StepImpl = Literal["reference", "fast"]
+
+ENTROPY_KINDS: tuple[str, ...] = typing.get_args(EntropyKind)
+STEP_IMPLS: tuple[str, ...] = typing.get_args(StepImpl)
+ENV_IDS: tuple[str, ...] = ("CueReward-v0", "CueRewardFixedCues-v0", "GridMaze-v0")
+
+# The allowed values of each choice field.
+CHOICES: dict[str, tuple[str, ...]] = {
+    "env": ENV_IDS, "network": NETWORKS, "alpha_kind": ALPHA_KINDS,
+    "rule": TRACE_RULES, "modulation_fn": MODULATION_FNS,
+    "entropy_kind": ENTROPY_KINDS, "step_impl": STEP_IMPLS,
+}
+
+# Fields that only steer the run (how long, how it logs, saves and compiles);
+# they may differ between a run and its `--resume`. All other fields must match.
+RUN_CONTROL_FIELDS = ("iterations", "chunk_size", "checkpoint_every",
+                      "keep_checkpoints", "resume", "progress", "fast_compile")
+
+
+def _field(default: Any, help_text: str) -> Any:
+  """A config field with its flag help text (`metadata["help"]`)."""
+  return dataclasses.field(default=default, metadata={"help": help_text})
+
+
+@flax.struct.dataclass
+class HParams:
+  """The traced (vmappable) numbers of a run; every leaf is a [] float32.
+
+  Attributes:
+    learning_rate: Adam step size.
+    adam_eps: Adam epsilon.
+    grad_clip_norm: global gradient-norm clip.
+    discount: gamma of R_t = r_t + gamma R_{t+1}.
+    value_coef: weight of the value loss.
+    entropy_coef: weight of the concentration penalty (or entropy bonus).
+    clip_value: bound c of the Hebbian trace.
+  """
+
+  learning_rate: Any
+  adam_eps: Any
+  grad_clip_norm: Any
+  discount: Any
+  value_coef: Any
+  entropy_coef: Any
+  clip_value: Any
+
+
+HPARAM_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(HParams))
+
+
+@dataclasses.dataclass(frozen=True)
+class A2CConfig:
+  """A2C meta-training run (SPEC.md §5.3). Defaults: cue-reward task, `modplast`.
+
+  Use `a2c_defaults(env, ...)` to get the paper settings of another env.
+  """
+
+  # --- Task.
+  env: str = _field("CueReward-v0", "Environment id (see `envs.make`).")
+  episode_length: int = _field(
+      120, "T, steps per episode (the env's max_steps_in_episode); one "
+      "episode per iteration.")
+  maze_size: int = _field(
+      9, "GridMaze only: odd side length (papers 9, reference README 13).")
+  env_reward: Optional[float] = _field(
+      None, "Reward magnitude of the task (maze 10); None: the env's default.")
+  # --- Network (SPEC.md §3.4).
+  network: str = _field("modplast", "Network type: rnn | plastic | modplast | retromod.")
+  hidden_size: int = _field(200, "H, recurrent neurons.")
+  alpha_kind: str = _field("full", "Plasticity coefficients: full | per_neuron | single.")
+  rule: str = _field("clip", "Hebbian trace rule: clip | decay | oja | soft_clip.")
+  modulation_fn: str = _field("tanh", "f of m(t) = f(h W_mod + b): tanh | sigmoid | identity.")
+  fan_out: bool = _field(False, "Modulation fan-out M(t) = m(t) V + u per neuron.")
+  num_modulators: int = _field(1, "K, neuromodulatory signals (paper: 1).")
+  partial_modulation: bool = _field(
+      False, "Half the neurons plain Hebbian (reference option fm=0).")
+  eta_init: float = _field(
+      0.1, "Initial eta: Hebbian rate (plastic) / eligibility rate (retromod).")
+  init_scale: float = _field(0.01, "W, alpha ~ U(0, init_scale).")
+  clip_value: float = _field(1.0, "Hebbian trace bound c (traced hparam).")
+  step_impl: str = _field(
+      "fast", "Plastic step: fast (custom VJP: same numbers, less memory, faster "
+      "backward) | reference (plain autodiff).")
+  # --- A2C and optimiser (SPEC.md §5.3; the floats are traced, see HParams).
+  batch_size: int = _field(30, "B, episodes per iteration.")
+  learning_rate: float = _field(1e-4, "Adam step size.")
+  adam_eps: float = _field(1e-6, "Adam epsilon.")
+  grad_clip_norm: float = _field(2.0, "Global gradient-norm clip.")
+  discount: float = _field(0.9, "gamma in R_t = r_t + gamma R_{t+1}.")
+  value_coef: float = _field(0.1, "Weight of the value loss.")
+  entropy_coef: float = _field(
+      0.1, "Weight of the concentration penalty (or of the entropy bonus).")
+  entropy_kind: str = _field(
+      "concentration", "concentration: +coef sum_a pi(a)^2 (reference); "
+      "entropy: -coef H(pi).")
+  burn_in: int = _field(
+      0, "First iterations compute but do not apply gradients (reference: 100).")
+  remat: bool = _field(
+      False, "Recompute the rollout step in the backward pass (jax.checkpoint).")
+  # --- Run control.
+  iterations: int = _field(1000, "Training iterations (one batch of episodes each).")
+  seed: int = _field(0, "Agent s of num_seeds uses jax.random.key(seed + s).")
+  num_seeds: int = _field(1, "S, independent agents trained in one vmapped program.")
+  chunk_size: int = _field(10, "Iterations per jitted host call (lax.scan).")
+  checkpoint_every: int = _field(100, "Iterations between checkpoints.")
+  keep_checkpoints: int = _field(3, "How many of the latest checkpoints to keep.")
+  resume: bool = _field(False, "Continue from the latest checkpoint in the workdir.")
+  progress: bool = _field(True, "Show a tqdm progress bar (--noprogress: off).")
+  fast_compile: bool = _field(
+      False, "Compile with XLA backend optimisation level 0: about half the "
+      "compile time, slower steps. For tiny runs, tests and CI.")
+
+  def __post_init__(self):
+    for name, allowed in CHOICES.items():
+      _check_choice(name, getattr(self, name), allowed)
+    for name in ("episode_length", "hidden_size", "num_modulators", "batch_size",
+                 "iterations", "num_seeds", "chunk_size", "checkpoint_every",
+                 "keep_checkpoints"):
+      _check_int(name, getattr(self, name), 1)
+    for name in ("burn_in", "seed"):
+      _check_int(name, getattr(self, name), 0)
+    if self.maze_size < 5 or self.maze_size % 2 == 0 or isinstance(self.maze_size, bool):
+      raise ValueError(f"maze_size={self.maze_size!r} is invalid: it must be an odd "
+                       "integer >= 5 (papers: 9, reference README: 13).")
+    for name in ("learning_rate", "adam_eps", "grad_clip_norm", "clip_value",
+                 "init_scale"):
+      _check_float(name, getattr(self, name), positive=True)
+    for name in ("value_coef", "entropy_coef", "eta_init"):
+      _check_float(name, getattr(self, name), positive=False)
+    _check_float("discount", self.discount, positive=False)
+    if self.discount > 1.0:
+      raise ValueError(f"discount={self.discount!r} is invalid: it must be in [0, 1].")
+    if self.env_reward is not None:
+      _check_float("env_reward", self.env_reward, positive=False)
+    _ = self.plasticity  # PlasticityConfig's own cross-field checks.
+
+  @property
+  def plasticity(self) -> PlasticityConfig:
+    """The static plasticity variant of the agent's recurrent layer."""
+    return PlasticityConfig(
+        network=self.network, alpha_kind=self.alpha_kind, rule=self.rule,
+        modulation_fn=self.modulation_fn, fan_out=self.fan_out,
+        num_modulators=self.num_modulators,
+        partial_modulation=self.partial_modulation)
+
+  def hparams(self) -> HParams:
+    """The traced numbers of this config as [] float32 arrays."""
+    return HParams(**{name: jnp.float32(getattr(self, name)) for name in HPARAM_FIELDS})
+
+  def compiler_options(self) -> Optional[dict[str, Any]]:
+    """XLA options for `Lowered.compile` (None: the defaults)."""
+    return {"xla_backend_optimization_level": 0} if self.fast_compile else None
+
+  def env_kwargs(self) -> dict[str, Any]:
+    """Keyword arguments of `envs.make(self.env, **kwargs)`."""
+    kwargs: dict[str, Any] = {"max_steps_in_episode": self.episode_length}
+    if self.env == "GridMaze-v0":
+      kwargs["maze_size"] = self.maze_size
+    if self.env_reward is not None:
+      kwargs["reward"] = self.env_reward
+    return kwargs
+
+  def replace(self, **changes) -> "A2CConfig":
+    return dataclasses.replace(self, **changes)
+
+  def to_dict(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+  def to_json(self) -> str:
+    return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+  @classmethod
+  def from_dict(cls, values: dict[str, Any]) -> "A2CConfig":
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+      raise ValueError(f"Unknown A2CConfig field(s) {unknown}; known: {sorted(known)}.")
+    return cls(**values)
+
+  @classmethod
+  def from_json(cls, text: str) -> "A2CConfig":
+    return cls.from_dict(json.loads(text))
+
+
+def _check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
+  if value not in allowed:
+    raise ValueError(f"{name}={value!r} is not a known option; choose one of "
+                     f"{', '.join(allowed)}.")
+
+
+def _check_int(name: str, value: Any, minimum: int) -> None:
+  if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    raise ValueError(f"{name}={value!r} is invalid: it must be an integer >= {minimum}.")
+
+
+def _check_float(name: str, value: Any, positive: bool) -> None:
+  ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+  ok = ok and (value > 0 if positive else value >= 0)
+  if not ok:
+    bound = "> 0" if positive else ">= 0"
+    raise ValueError(f"{name}={value!r} is invalid: it must be a finite number {bound}.")
+
+
+# Paper / reference settings per environment (SPEC.md §5.1, §5.2).
+_CUE_REWARD = dict(
+    episode_length=120, hidden_size=200, batch_size=30, learning_rate=1e-4,
+    adam_eps=1e-6, grad_clip_norm=2.0, discount=0.9, value_coef=0.1,
+    entropy_coef=0.1, clip_value=1.0, eta_init=0.1, init_scale=0.01)
+
+PAPER_DEFAULTS: dict[str, dict[str, Any]] = {
+    "CueReward-v0": dict(_CUE_REWARD),
+    "CueRewardFixedCues-v0": dict(_CUE_REWARD),
+    "GridMaze-v0": dict(
+        episode_length=200, hidden_size=100, maze_size=9, env_reward=10.0,
+        batch_size=30, learning_rate=1e-4, adam_eps=1e-4, grad_clip_norm=4.0,
+        discount=0.9, value_coef=0.1, entropy_coef=0.03, clip_value=1.0,
+        eta_init=0.01, init_scale=0.01),
+}
+
+
+def paper_defaults(env: str, network: str = "modplast") -> dict[str, Any]:
+  """The paper settings of `env` for `network` (a dict of A2CConfig fields)."""
+  _check_choice("env", env, ENV_IDS)
+  defaults = dict(PAPER_DEFAULTS[env], env=env, network=network)
+  if env == "GridMaze-v0" and network == "plastic":
+    defaults["eta_init"] = 0.1  # SPEC.md §3.4: the plain Hebbian eta starts at 0.1.
+  return defaults
+
+
+def a2c_defaults(env: str = "CueReward-v0", **overrides: Any) -> A2CConfig:
+  """`A2CConfig` with the paper defaults of `env`, then `overrides` applied."""
+  network = overrides.get("network", "modplast")
+  values = paper_defaults(env, network)
+  values.update(overrides)
+  return A2CConfig(**values)
