@@ -1,0 +1,129 @@
+"""Training throughput of the PTB language model, per variant, at the paper's size.
+
+    python -m benchmarks.lm_throughput                       # random tokens, V = 10000
+    python -m benchmarks.lm_throughput --data_dir=/path/to/ptb   # also checks the reader
+
+For each network the hidden size is matched to `--target_params` (Backpropamine
+Table 1: ~4.8M parameters, plasticity parameters included), then the training
+program of `train.lm` (a jitted `lax.scan` of SGD steps, fwd + bwd + update,
+B = 20, T = 20, one seed) is timed after a warm-up call that compiles it.
+Reported: parameter counts by group, hidden sizes, compile seconds, ms per step
+and tokens/s (B * T target tokens per step).
+
+With `--data_dir`, the reader is first checked against the known PTB facts
+(929,589 / 73,760 / 82,430 tokens with `<eos>`, 10,000 words, md5 of the
+uncompressed train text) and the timed minibatches are real PTB text.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import platform
+import time
+
+from absl import app, flags, logging
+import jax
+import numpy as np
+
+from bpm_jax import lm
+from bpm_jax import ptb
+from bpm_jax.config import NETWORKS
+from train import lm as train_lm
+
+PTB_TOKENS = {"train": 929_589, "valid": 73_760, "test": 82_430}
+PTB_VOCAB = 10_000
+PTB_TRAIN_MD5 = "f26c4b92c5fdc7b3f8c7cdcb991d8420"
+
+_NETWORKS = flags.DEFINE_list("networks", list(NETWORKS), "Variants to time.")
+_TARGET = flags.DEFINE_integer("target_params", lm.PAPER_TARGET_PARAMS,
+                               "Parameter count every variant is matched to.")
+_VOCAB = flags.DEFINE_integer("vocab_size", PTB_VOCAB, "V (without --data_dir).")
+_BATCH = flags.DEFINE_integer("batch_size", 20, "B.")
+_UNROLL = flags.DEFINE_integer("unroll", 20, "T.")
+_STEPS = flags.DEFINE_integer("steps", 10, "SGD steps per timed call (one lax.scan).")
+_REPEATS = flags.DEFINE_integer("repeats", 3, "Timed calls; the best is reported.")
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "PTB directory (optional).")
+
+
+def check_ptb(data_dir: str) -> ptb.Corpus:
+  """Loads PTB and checks token counts, vocabulary size and the train md5."""
+  corpus = ptb.load_corpus(data_dir)
+  path = corpus.files["train"]
+  opener = gzip.open if path.endswith(".gz") else open
+  with opener(path, "rb") as f:
+    md5 = hashlib.md5(f.read()).hexdigest()
+  print(f"PTB at {data_dir}:")
+  ok = True
+  for split, expected in PTB_TOKENS.items():
+    got = len(corpus.split(split))
+    ok &= got == expected
+    print(f"  {split:<5} {got:>9,} tokens (expected {expected:,}) "
+          f"{'OK' if got == expected else 'MISMATCH'}")
+  ok &= corpus.vocab_size == PTB_VOCAB
+  print(f"  vocab {corpus.vocab_size:>9,} words  (expected {PTB_VOCAB:,}) "
+        f"{'OK' if corpus.vocab_size == PTB_VOCAB else 'MISMATCH'}")
+  ok &= md5 == PTB_TRAIN_MD5
+  print(f"  train md5 {md5} {'OK' if md5 == PTB_TRAIN_MD5 else 'MISMATCH'}")
+  streams = ptb.batchify(corpus.train, 20)
+  print(f"  B = 20 streams of {streams.shape[1]:,}; "
+        f"{ptb.num_minibatches(streams.shape[1], 20):,} minibatches of T = 20 per epoch")
+  if not ok:
+    raise SystemExit("PTB check failed.")
+  return corpus
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.WARNING)
+  unknown = sorted(set(_NETWORKS.value) - set(NETWORKS))
+  if unknown:
+    raise app.UsageError(f"--networks: unknown {unknown}; choose from {NETWORKS}.")
+  batch, unroll, steps = _BATCH.value, _UNROLL.value, _STEPS.value
+  if _DATA_DIR.value:
+    corpus = check_ptb(_DATA_DIR.value)
+    vocab_size = corpus.vocab_size
+    split = train_lm.Split.from_ids(corpus.train, batch, unroll).slice(0, steps)
+  else:
+    vocab_size = _VOCAB.value
+    tokens = np.asarray(jax.random.randint(jax.random.key(0), (batch * (steps * unroll + 1),),
+                                           0, vocab_size), np.int32)
+    split = train_lm.Split.from_ids(tokens, batch, unroll).slice(0, steps)
+
+  sizes = lm.match_hidden_sizes(_TARGET.value, vocab_size, networks=_NETWORKS.value)
+  configs = [lm.LMConfig(vocab_size=vocab_size, hidden_size=h, network=n)
+             for n, h in sizes.items()]
+  print(f"\nParameter counts (target {_TARGET.value:,}, V = {vocab_size}, E = H, 2 layers):")
+  print(lm.param_report(configs, _TARGET.value))
+
+  hparams = train_lm.LMTrainConfig().hparams(1)
+  print(f"\nThroughput: train step (fwd + bwd + SGD), B = {batch}, T = {unroll}, "
+        f"{steps} steps per jitted scan, best of {_REPEATS.value}; "
+        f"{jax.devices()[0].platform.upper()} ({os.cpu_count()} cores, "
+        f"{platform.processor() or platform.machine()}), jax {jax.__version__}")
+  print(f"{'network':<10}{'hidden':>7}{'params':>11}{'compile s':>11}"
+        f"{'ms/step':>10}{'tokens/s':>10}")
+  for config in configs:
+    trainer = train_lm.make_trainer(config, batch, 1)
+    state = trainer.init(jax.random.key(0)[None])
+    start = time.perf_counter()
+    new_state, _, _ = trainer.train_chunk(state, trainer.initial_carry(), split, hparams)
+    jax.block_until_ready(new_state)
+    compile_s = time.perf_counter() - start
+    best = float("inf")
+    for _ in range(_REPEATS.value):
+      start = time.perf_counter()
+      new_state, _, metrics = trainer.train_chunk(state, trainer.initial_carry(), split,
+                                                  hparams)
+      jax.block_until_ready(new_state)
+      best = min(best, time.perf_counter() - start)
+    if not np.all(metrics["finite"]):
+      raise SystemExit(f"{config.network}: non-finite loss in the benchmark.")
+    print(f"{config.network:<10}{config.hidden_size:>7}{lm.count_params(config):>11,}"
+          f"{compile_s - best:>11.1f}{1000 * best / steps:>10.1f}"
+          f"{batch * unroll * steps / best:>10,.0f}", flush=True)
+
+
+if __name__ == "__main__":
+  app.run(main)
