@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
-import math
 import os
 import sys
 from typing import Any, Callable, NamedTuple, Optional
@@ -41,6 +39,7 @@ import optax
 import envs
 from bpm_jax.agents import ActorCritic
 from train import checkpoint as checkpoint_lib
+from train import flags as flags_lib
 from train import metrics as metrics_lib
 from train.config import (A2CConfig, CHOICES, HPARAM_FIELDS, HParams,
                           RUN_CONTROL_FIELDS, a2c_defaults)
@@ -589,23 +588,9 @@ def train_and_evaluate(config: A2CConfig, workdir: str,
 
 def define_flags(flag_values=None) -> None:
   """Defines one flag per A2CConfig field (default None: the paper default)."""
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  fv = flag_values if flag_values is not None else flags.FLAGS
-  flags.DEFINE_string("workdir", None, "Output directory.", flag_values=fv)
-  for field in dataclasses.fields(A2CConfig):
-    name, help_text = field.name, field.metadata.get("help", "")
-    kind = field.type if isinstance(field.type, str) else getattr(field.type, "__name__", "")
-    if name in CHOICES:
-      flags.DEFINE_enum(name, "CueReward-v0" if name == "env" else None,
-                        list(CHOICES[name]), help_text, flag_values=fv)
-    elif kind == "bool":
-      flags.DEFINE_bool(name, None, help_text, flag_values=fv)
-    elif kind == "int":
-      flags.DEFINE_integer(name, None, help_text, flag_values=fv)
-    elif kind in ("float", "Optional[float]"):
-      flags.DEFINE_float(name, None, help_text, flag_values=fv)
-    else:
-      raise TypeError(f"No flag type for A2CConfig.{name}: {field.type}")
+  flags_lib.define_config_flags(
+      A2CConfig, CHOICES, flag_values,
+      lambda field: "CueReward-v0" if field.name == "env" else None)
 
 
 def config_from_flags(flag_values) -> A2CConfig:
@@ -619,8 +604,7 @@ def config_from_flags(flag_values) -> A2CConfig:
     value = flag_values[field.name].value
     if value is not None and field.name != "env":
       given[field.name] = value
-  if flag_values["workdir"].value in (None, ""):
-    raise ValueError("--workdir is required: the directory for outputs and checkpoints.")
+  flags_lib.require_workdir(flag_values)
   try:
     return a2c_defaults(flag_values["env"].value, **given)
   except ValueError as e:

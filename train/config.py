@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import typing
 from typing import Any, Literal, Optional
 
 import flax.struct
 import jax.numpy as jnp
 
+from train.flags import check_choice, check_float, check_int
 from bpm_jax.config import (ALPHA_KINDS, MODULATION_FNS, NETWORKS, TRACE_RULES,
                             PlasticityConfig)
 
@@ -139,26 +139,26 @@ class A2CConfig:
 
   def __post_init__(self):
     for name, allowed in CHOICES.items():
-      _check_choice(name, getattr(self, name), allowed)
+      check_choice(name, getattr(self, name), allowed)
     for name in ("episode_length", "hidden_size", "num_modulators", "batch_size",
                  "iterations", "num_seeds", "chunk_size", "checkpoint_every",
                  "keep_checkpoints"):
-      _check_int(name, getattr(self, name), 1)
+      check_int(name, getattr(self, name), 1)
     for name in ("burn_in", "seed"):
-      _check_int(name, getattr(self, name), 0)
+      check_int(name, getattr(self, name), 0)
     if self.maze_size < 5 or self.maze_size % 2 == 0 or isinstance(self.maze_size, bool):
       raise ValueError(f"maze_size={self.maze_size!r} is invalid: it must be an odd "
                        "integer >= 5 (papers: 9, reference README: 13).")
     for name in ("learning_rate", "adam_eps", "grad_clip_norm", "clip_value",
                  "init_scale"):
-      _check_float(name, getattr(self, name), positive=True)
+      check_float(name, getattr(self, name), positive=True)
     for name in ("value_coef", "entropy_coef", "eta_init"):
-      _check_float(name, getattr(self, name), positive=False)
-    _check_float("discount", self.discount, positive=False)
+      check_float(name, getattr(self, name), positive=False)
+    check_float("discount", self.discount, positive=False)
     if self.discount > 1.0:
       raise ValueError(f"discount={self.discount!r} is invalid: it must be in [0, 1].")
     if self.env_reward is not None:
-      _check_float("env_reward", self.env_reward, positive=False)
+      check_float("env_reward", self.env_reward, positive=False)
     _ = self.plasticity  # PlasticityConfig's own cross-field checks.
 
   @property
@@ -209,25 +209,6 @@ class A2CConfig:
     return cls.from_dict(json.loads(text))
 
 
-def _check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
-  if value not in allowed:
-    raise ValueError(f"{name}={value!r} is not a known option; choose one of "
-                     f"{', '.join(allowed)}.")
-
-
-def _check_int(name: str, value: Any, minimum: int) -> None:
-  if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-    raise ValueError(f"{name}={value!r} is invalid: it must be an integer >= {minimum}.")
-
-
-def _check_float(name: str, value: Any, positive: bool) -> None:
-  ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-  ok = ok and (value > 0 if positive else value >= 0)
-  if not ok:
-    bound = "> 0" if positive else ">= 0"
-    raise ValueError(f"{name}={value!r} is invalid: it must be a finite number {bound}.")
-
-
 # Paper / reference settings per environment (SPEC.md §5.1, §5.2).
 _CUE_REWARD = dict(
     episode_length=120, hidden_size=200, batch_size=30, learning_rate=1e-4,
@@ -247,7 +228,7 @@ PAPER_DEFAULTS: dict[str, dict[str, Any]] = {
 
 def paper_defaults(env: str, network: str = "modplast") -> dict[str, Any]:
   """The paper settings of `env` for `network` (a dict of A2CConfig fields)."""
-  _check_choice("env", env, ENV_IDS)
+  check_choice("env", env, ENV_IDS)
   defaults = dict(PAPER_DEFAULTS[env], env=env, network=network)
   if env == "GridMaze-v0" and network == "plastic":
     defaults["eta_init"] = 0.1  # SPEC.md §3.4: the plain Hebbian eta starts at 0.1.

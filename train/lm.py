@@ -65,6 +65,8 @@ from bpm_jax import lm
 from bpm_jax import ptb
 from bpm_jax.config import NETWORKS
 from train import checkpoint as checkpoint_lib
+from train import flags as flags_lib
+from train.flags import check_float, check_int
 from train import metrics as metrics_lib
 
 Array = jax.Array
@@ -145,18 +147,18 @@ class LMTrainConfig:
                          f"choose one of {', '.join(allowed)}.")
     for name in ("num_layers", "batch_size", "unroll", "eval_batch_size", "epochs",
                  "chunk_size", "num_seeds", "keep_checkpoints"):
-      _check_int(name, getattr(self, name), 1)
+      check_int(name, getattr(self, name), 1)
     for name in ("target_params", "max_steps_per_epoch", "max_eval_minibatches", "seed",
                  "decay_after_epoch"):
-      _check_int(name, getattr(self, name), 0)
+      check_int(name, getattr(self, name), 0)
     for name in ("hidden_size", "embed_size"):
       if getattr(self, name) is not None:
-        _check_int(name, getattr(self, name), 1)
+        check_int(name, getattr(self, name), 1)
     for name in ("learning_rate", "grad_clip_norm", "clip_value", "init_scale",
                  "lr_decay"):
-      _check_float(name, getattr(self, name), positive=True)
+      check_float(name, getattr(self, name), positive=True)
     for name in ("l2_penalty", "eta_init", "dropout_rate"):
-      _check_float(name, getattr(self, name), positive=False)
+      check_float(name, getattr(self, name), positive=False)
     if self.dropout_rate >= 1.0:
       raise ValueError(f"dropout_rate={self.dropout_rate!r} must be < 1.")
     if self.hidden_size is not None and self.target_params:
@@ -199,19 +201,6 @@ class LMTrainConfig:
   def from_dict(cls, values: dict[str, Any]) -> "LMTrainConfig":
     known = {f.name for f in dataclasses.fields(cls)}
     return cls(**{k: v for k, v in values.items() if k in known})
-
-
-def _check_int(name: str, value: Any, minimum: int) -> None:
-  if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-    raise ValueError(f"{name}={value!r} is invalid: it must be an integer >= {minimum}.")
-
-
-def _check_float(name: str, value: Any, positive: bool) -> None:
-  ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-  ok = ok and (value > 0 if positive else value >= 0)
-  if not ok:
-    bound = "> 0" if positive else ">= 0"
-    raise ValueError(f"{name}={value!r} is invalid: it must be a finite number {bound}.")
 
 
 # --------------------------------------------------------------------------
@@ -713,24 +702,8 @@ def _fmt(values: np.ndarray) -> str:
 
 def define_flags(flag_values=None) -> None:
   """Defines `--workdir` and one flag per LMTrainConfig field (same defaults)."""
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  fv = flag_values if flag_values is not None else flags.FLAGS
-  flags.DEFINE_string("workdir", None, "Output directory (required).", flag_values=fv)
-  for field in dataclasses.fields(LMTrainConfig):
-    name, help_text, default = field.name, field.metadata.get("help", ""), field.default
-    kind = field.type if isinstance(field.type, str) else getattr(field.type, "__name__", "")
-    if name in CHOICES:
-      flags.DEFINE_enum(name, default, list(CHOICES[name]), help_text, flag_values=fv)
-    elif kind == "bool":
-      flags.DEFINE_bool(name, default, help_text, flag_values=fv)
-    elif kind in ("int", "Optional[int]"):
-      flags.DEFINE_integer(name, default, help_text, flag_values=fv)
-    elif kind == "float":
-      flags.DEFINE_float(name, default, help_text, flag_values=fv)
-    elif kind in ("str", "Optional[str]"):
-      flags.DEFINE_string(name, default, help_text, flag_values=fv)
-    else:
-      raise TypeError(f"No flag type for LMTrainConfig.{name}: {field.type}")
+  flags_lib.define_config_flags(LMTrainConfig, CHOICES, flag_values,
+                                lambda field: field.default)
 
 
 def config_from_flags(flag_values) -> LMTrainConfig:
@@ -739,8 +712,7 @@ def config_from_flags(flag_values) -> LMTrainConfig:
   Raises:
     ValueError / FileNotFoundError: naming the flag and what is expected.
   """
-  if flag_values["workdir"].value in (None, ""):
-    raise ValueError("--workdir is required: the directory for outputs and checkpoints.")
+  flags_lib.require_workdir(flag_values)
   if flag_values["data_dir"].value in (None, ""):
     raise ValueError(
         "--data_dir is required: a directory with the Penn Treebank files "
