@@ -205,7 +205,8 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     if len(devices) < 2 or batch % len(devices):
       raise ValueError(f"strategy 'sharded' needs --host_devices >= 2 dividing B={batch};"
                        f" have {len(devices)} devices.")
-    mesh = jax.make_mesh((len(devices),), ("batch",))
+    mesh = jax.make_mesh((len(devices),), ("batch",),
+                         axis_types=(jax.sharding.AxisType.Auto,))
     xs = jax.device_put(xs, NamedSharding(mesh, PartitionSpec("batch")))
   grad_fn = jax.jit(make_grad_fn(config, spec["impl"], spec["strategy"], mesh))
 

@@ -1,8 +1,9 @@
 """The plastic RNN step with a hand-written backward pass (`jax.custom_vjp`).
 
 `rnn_step_fast` has exactly the signature and the outputs of
-`bpm_jax.plasticity.rnn_step`; its forward pass *is* `rnn_step` (same core
-functions, same numbers). Only the backward pass differs.
+`bpm_jax.plasticity.rnn_step`; its forward pass performs the same operations in
+the same order (the traces are `plasticity.update_traces` itself), so the
+numbers are the same. Only the backward pass differs.
 
 Why: under `lax.scan` + `jax.grad`, plain autodiff of `rnn_step` stores several
 [H, H] arrays per step and per episode (`alpha * Hebb_tm1`, the clip mask,
@@ -14,7 +15,12 @@ Why: under `lax.scan` + `jax.grad`, plain autodiff of `rnn_step` stores several
 (the parameters are loop-invariant and are hoisted out of the scan), and
 recomputes everything else (the clip mask from `Hebb_tm1 + r * d`, the rate
 M_t from m_t, `outer(h_tm1, h_t)`, `h_tm1 @ Hebb_tm1`) in the backward pass,
-where the elementwise work fuses into a few passes over [H, H].
+where the elementwise work fuses into a few passes over [H, H]. Cotangents of
+the form `G * r` on `outer(h_tm1, h_t)` (r a scalar or a per-column rate) are
+contracted as `(h_tm1 @ G) * r` and `G @ (r * h_t)`, never materialised.
+The fixed drive `h_tm1 @ W` stays outside the custom VJP (plain autodiff), so
+that under `vmap` the gradient of W is one matmul over the batch rather than B
+per-example [H, H] outer products summed afterwards.
 
 Supported: every `PlasticityConfig` of the plastic RNN — networks `rnn`,
 `plastic`, `modplast`, `retromod`; alpha `full`, `per_neuron`, `single`; rules
