@@ -109,9 +109,11 @@ def inspect_workdir(workdir: str, out: str, seed_index: int = 0,
 
 
 def main(argv):
-  from absl import flags  # pylint: disable=g-import-not-at-top
+  from absl import flags, logging  # pylint: disable=g-import-not-at-top
   del argv
   fv = flags.FLAGS
+  if not fv["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # Orbax logs every restore at INFO.
   for kind, path in inspect_workdir(fv.workdir, fv.out, fv.seed_index, fv.gif).items():
     print(f"Wrote {kind}: {path}")
 
