@@ -4,6 +4,7 @@
     python -m benchmarks.cell_throughput --impls=fast --strategies=vmap,sharded \\
         --host_devices=2
     python -m benchmarks.cell_throughput --isolate     # + peak RSS per config
+    python -m benchmarks.cell_throughput --noynn_fusion
 
 What is timed: one forward + backward pass (`jax.value_and_grad` of a simple
 loss of the outputs, mean over B of `mean_t |h_t @ W_out|^2 + |m_t|^2`) of a
@@ -41,11 +42,21 @@ buffer size (the saved residuals dominate it); with `--isolate` each config
 runs in a fresh subprocess and its peak RSS (`ru_maxrss`, which includes the
 ~0.3-0.5 GB of the Python + JAX runtime) is reported as well.
 
+XLA:CPU's YNNPACK fusions (on by default in jaxlib 0.10) are pathologically
+slow for the reduction over the batch axis that `vmap` inserts for the
+gradient of a shared [H, H] parameter (alpha): `jnp.sum(x * y, axis=0)` on
+[30, 200, 200] takes ~42 ms with them and ~1.2 ms without (~0.5 vs 0.3 ms at
+H = 100), which makes the `vmap` strategy 2-3x slower at H = 200 for every
+step implementation. `--noynn_fusion` compiles with
+`compiler_options={"xla_cpu_experimental_ynn_fusion_type": ""}`; the same
+for a whole program: `XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=`.
+
 The allocator matters on CPU: XLA's CPU runtime allocates and frees its large
-temporaries through malloc on every call; glibc's malloc returns big blocks to
-the OS (mmap/munmap) each time and the page faults of re-touching them show up
-in the timings, and fragmentation inflates the RSS. jemalloc (or tcmalloc)
-keeps them. To compare, preload it:
+temporaries (the stacked residuals: ~1 GB for `fast`, ~4.6 GB for `reference`
+at H = 200, B = 30) through malloc on every call; glibc serves blocks that big
+with fresh mmaps, so every call page-faults them in again (zero-filling the
+960 MB residual buffer alone takes ~0.4 s of the ~1.5 s of a `fast` call), and
+fragmentation inflates the RSS. jemalloc (or tcmalloc) keeps and reuses them. To compare, preload it:
 
     LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2 python -m benchmarks.cell_throughput
 
@@ -53,6 +64,15 @@ keeps them. To compare, preload it:
 on it was not installed (`apt-cache policy libjemalloc2`: candidate 5.3.0-1),
 so the figures in the docs use glibc malloc.) Alternatively
 `MALLOC_MMAP_THRESHOLD_`/`MALLOC_TRIM_THRESHOLD_` tune glibc itself.
+
+Measured (2-core AMD EPYC VM shared with other jobs, so +-20%; B = 30,
+T = 200, --noynn_fusion, env-steps/s and temp MB):
+
+    H=200      reference        reference_remat  fast
+    modplast   vmap 1.3k 4.6GB  2.4k 958MB       4.1k 953MB
+               episodes 1.7k    2.7k             4.7k (32 MB)
+    retromod   vmap 0.95k 5.6GB 1.4k 1.9GB       1.7k 1.9GB
+               episodes 1.3k    1.8k             2.4k (63 MB)
 
 Shapes: B batch (episodes), T steps, H hidden, I inputs, A actions, K modulators.
 """
@@ -72,7 +92,6 @@ from typing import Any, Callable
 from absl import app, flags
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 from jax.sharding import NamedSharding, PartitionSpec
 
@@ -81,6 +100,7 @@ from bpm_jax import fast_step
 from bpm_jax import plasticity
 from bpm_jax.config import NETWORKS, PlasticityConfig
 
+YNN_FUSION_OPTION = "xla_cpu_experimental_ynn_fusion_type"
 IMPLS = ("reference", "reference_remat", "fast", "fast_remat")
 STRATEGIES = ("vmap", "episodes", "sharded")
 
@@ -102,6 +122,10 @@ _HOST_DEVICES = flags.DEFINE_integer(
 _ISOLATE = flags.DEFINE_bool("isolate", False,
                              "Run every config in a fresh subprocess and report its "
                              "peak RSS.")
+_YNN_FUSION = flags.DEFINE_bool(
+    "ynn_fusion", True, "Leave XLA:CPU's YNNPACK fusions on (its default). "
+    "--noynn_fusion compiles with xla_cpu_experimental_ynn_fusion_type='' (see the "
+    "module docstring: its reduce over the batch axis is pathologically slow at H=200).")
 _CHILD = flags.DEFINE_string("child", None, "Internal: one config as JSON; prints a "
                              "JSON result line.")
 
@@ -208,7 +232,9 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     mesh = jax.make_mesh((len(devices),), ("batch",),
                          axis_types=(jax.sharding.AxisType.Auto,))
     xs = jax.device_put(xs, NamedSharding(mesh, PartitionSpec("batch")))
-  grad_fn = jax.jit(make_grad_fn(config, spec["impl"], spec["strategy"], mesh))
+  compiler_options = {} if spec["ynn_fusion"] else {YNN_FUSION_OPTION: ""}
+  grad_fn = jax.jit(make_grad_fn(config, spec["impl"], spec["strategy"], mesh),
+                    compiler_options=compiler_options)
 
   start = time.perf_counter()
   compiled = grad_fn.lower(params, xs, clip_value).compile()
@@ -239,7 +265,7 @@ def measure_in_subprocess(spec: dict[str, Any]) -> dict[str, Any]:
   return json.loads(lines[-1])
 
 
-HEADER = (f"{'network':<9} {'H':>4} {'B':>3} {'impl':<16} {'strategy':<9} "
+HEADER = (f"{'network':<9} {'H':>4} {'B':>3} {'impl':<16} {'strategy':<9} {'ynn':>3} "
           f"{'compile s':>9} {'s/iter':>7} {'env-steps/s':>11} {'temp MB':>8}"
           f" {'peak RSS MB':>11}")
 
@@ -247,7 +273,8 @@ HEADER = (f"{'network':<9} {'H':>4} {'B':>3} {'impl':<16} {'strategy':<9} "
 def format_row(row: dict[str, Any]) -> str:
   rss = f"{row['rss_mb']:>11.0f}" if row.get("isolated") else f"{'-':>11}"
   return (f"{row['network']:<9} {row['hidden']:>4} {row['batch']:>3} {row['impl']:<16} "
-          f"{row['strategy']:<9} {row['compile_s']:>9.1f} {row['seconds']:>7.3f} "
+          f"{row['strategy']:<9} {'on' if row['ynn_fusion'] else 'off':>3} "
+          f"{row['compile_s']:>9.1f} {row['seconds']:>7.3f} "
           f"{row['steps_per_s']:>11,.0f} {row['temp_mb']:>8.1f} {rss}")
 
 
@@ -277,7 +304,7 @@ def main(argv: list[str]) -> None:
             spec = dict(network=network, hidden=hidden, batch=batch, impl=impl,
                         strategy=strategy, steps=_STEPS.value, reps=_REPS.value,
                         num_inputs=_NUM_INPUTS.value, num_actions=_NUM_ACTIONS.value,
-                        clip_value=_CLIP_VALUE.value)
+                        clip_value=_CLIP_VALUE.value, ynn_fusion=_YNN_FUSION.value)
             if _ISOLATE.value:
               row = dict(measure_in_subprocess(spec), isolated=True)
             else:
