@@ -50,7 +50,7 @@ def measure(config) -> dict:
   fn = jax.jit(jax.vmap(lambda s, h: learner.run(s, h, config.iterations),
                         in_axes=(0, None)))
   start = time.perf_counter()
-  compiled = fn.lower(state, hparams).compile()
+  compiled = fn.lower(state, hparams).compile(compiler_options=config.compiler_options())
   compile_s = time.perf_counter() - start
   memory = compiled.memory_analysis()
   temp_mib = getattr(memory, "temp_size_in_bytes", 0) / 2**20 if memory else float("nan")

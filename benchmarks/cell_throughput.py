@@ -98,9 +98,10 @@ from jax.sharding import NamedSharding, PartitionSpec
 from bpm_jax import cells
 from bpm_jax import fast_step
 from bpm_jax import plasticity
+from bpm_jax import xla
 from bpm_jax.config import NETWORKS, PlasticityConfig
 
-YNN_FUSION_OPTION = "xla_cpu_experimental_ynn_fusion_type"
+YNN_FUSION_OPTION = xla.YNN_FUSION_OPTION
 IMPLS = ("reference", "reference_remat", "fast", "fast_remat")
 STRATEGIES = ("vmap", "episodes", "sharded")
 

@@ -386,9 +386,7 @@ _COMPILED: dict[tuple, Any] = {}
 
 def compile_fn(fn: Callable, config: A2CConfig, *args) -> Callable:
   """AOT-compiles jitted `fn` for `args` with the config's XLA options."""
-  options = config.compiler_options()
-  lowered = fn.lower(*args)
-  return lowered.compile(compiler_options=options) if options else lowered.compile()
+  return fn.lower(*args).compile(compiler_options=config.compiler_options())
 
 
 def _compiled(name: str, fn: Callable, learner: Learner, config: A2CConfig,

@@ -21,6 +21,7 @@ import flax.struct
 import jax.numpy as jnp
 
 from train.flags import check_choice, check_float, check_int
+from bpm_jax import xla
 from bpm_jax.config import (ALPHA_KINDS, MODULATION_FNS, NETWORKS, TRACE_RULES,
                             PlasticityConfig)
 
@@ -174,9 +175,10 @@ class A2CConfig:
     """The traced numbers of this config as [] float32 arrays."""
     return HParams(**{name: jnp.float32(getattr(self, name)) for name in HPARAM_FIELDS})
 
-  def compiler_options(self) -> Optional[dict[str, Any]]:
-    """XLA options for `Lowered.compile` (None: the defaults)."""
-    return {"xla_backend_optimization_level": 0} if self.fast_compile else None
+  def compiler_options(self) -> dict[str, Any]:
+    """XLA options for `Lowered.compile` (`bpm_jax.xla`'s, + opt level 0 if fast)."""
+    extra = {"xla_backend_optimization_level": 0} if self.fast_compile else {}
+    return xla.compiler_options(**extra)
 
   def env_kwargs(self) -> dict[str, Any]:
     """Keyword arguments of `envs.make(self.env, **kwargs)`."""

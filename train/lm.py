@@ -63,6 +63,7 @@ import numpy as np
 
 from bpm_jax import lm
 from bpm_jax import ptb
+from bpm_jax import xla
 from bpm_jax.config import NETWORKS
 from train import checkpoint as checkpoint_lib
 from train import flags as flags_lib
@@ -452,9 +453,10 @@ class Trainer:
     self.init = functools.partial(init_states, self.model)
     self._train_chunk = jax.jit(jax.vmap(
         functools.partial(train_chunk, self.model, bound_eta=bound_eta),
-        in_axes=(0, 0, None, None, None, None)))
+        in_axes=(0, 0, None, None, None, None)), compiler_options=xla.compiler_options())
     self._evaluate = jax.jit(jax.vmap(functools.partial(evaluate, self.model),
-                                      in_axes=(0, None, None, None)))
+                                      in_axes=(0, None, None, None)),
+                             compiler_options=xla.compiler_options())
 
   def initial_carry(self) -> lm.Carry:
     """[S, B, ...] zero carry of the training streams."""
