@@ -232,8 +232,12 @@ def test_target_params_sets_hidden_size(corpus_dir):
   model_config = config.resolve_model_config(corpus.vocab_size)
   assert model_config.hidden_size > 100
   assert abs(lm.count_params(model_config) - 2_000_000) <= 0.005 * 2_000_000
-  with pytest.raises(ValueError, match="exclude each other"):
-    train_lm.LMTrainConfig(hidden_size=100, target_params=2_000_000)
+  given = config.replace(hidden_size=100).resolve_model_config(corpus.vocab_size)
+  assert given.hidden_size == 100  # An explicit H wins over the target.
+  default = train_lm.LMTrainConfig(data_dir=corpus_dir, network="rnn")
+  assert default.target_params == lm.PAPER_TARGET_PARAMS
+  assert default.replace(target_params=0).resolve_model_config(
+      corpus.vocab_size).hidden_size == train_lm.DEFAULT_HIDDEN_SIZE
 
 
 # --------------------------------------------------------------------------

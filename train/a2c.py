@@ -461,16 +461,9 @@ def restore_state(workdir: str, config: Optional[A2CConfig] = None,
 
 def _check_resume_config(workdir: str, config: A2CConfig) -> None:
   path = os.path.join(workdir, CONFIG_JSON)
-  if not os.path.exists(path):
-    return
-  saved = load_config(workdir).to_dict()
-  now = config.to_dict()
-  diff = {k: (saved[k], now[k]) for k in now
-          if k not in RUN_CONTROL_FIELDS and saved.get(k) != now[k]}
-  if diff:
-    details = ", ".join(f"{k}: saved {a!r}, now {b!r}" for k, (a, b) in diff.items())
-    raise ValueError(f"--resume with a config that differs from {path} ({details}). "
-                     "Resume with the same settings or use a fresh workdir.")
+  if os.path.exists(path):
+    checkpoint_lib.check_same_config(path, load_config(workdir).to_dict(),
+                                     config.to_dict(), RUN_CONTROL_FIELDS)
 
 
 def train_and_evaluate(config: A2CConfig, workdir: str,
@@ -500,12 +493,7 @@ def train_and_evaluate(config: A2CConfig, workdir: str,
   progress = None
   writer = None
   try:
-    latest = ckpt.latest_step()
-    if latest is not None and not config.resume:
-      raise ValueError(
-          f"{workdir} already holds checkpoints (latest: iteration {latest}); pass "
-          "--resume to continue that run or choose a fresh --workdir.")
-    if config.resume and latest is not None:
+    if ckpt.step_to_resume(config.resume, "iteration") is not None:
       _check_resume_config(workdir, config)
       state, _ = ckpt.restore(abstract_state(learner, config.num_seeds))
       start = int(np.asarray(state.iteration)[0])

@@ -15,7 +15,7 @@ kept. Typed PRNG keys are not supported in the state: store
 from __future__ import annotations
 
 import os
-from typing import Any, Optional
+from typing import Any, Collection, Optional
 
 import jax
 import orbax.checkpoint as ocp
@@ -49,6 +49,24 @@ class Checkpointer:
 
   def all_steps(self) -> list[int]:
     return list(self._manager.all_steps())
+
+  def step_to_resume(self, resume: bool, unit: str = "step") -> Optional[int]:
+    """The latest step if `resume` (None if none); refuses to overwrite otherwise.
+
+    Args:
+      resume: the run's --resume.
+      unit: what a step counts, for the message ("iteration", "epoch").
+
+    Raises:
+      ValueError: the directory holds checkpoints and `resume` is False.
+    """
+    latest = self.latest_step()
+    if latest is not None and not resume:
+      workdir = os.path.dirname(self.directory)
+      raise ValueError(
+          f"{workdir} already holds checkpoints (latest: {unit} {latest}); pass "
+          "--resume to continue that run or choose a fresh --workdir.")
+    return latest
 
   def step_path(self, step: int) -> str:
     return os.path.join(self.directory, str(step))
@@ -105,6 +123,24 @@ class Checkpointer:
 
   def __exit__(self, *exc) -> None:
     self.close()
+
+
+def check_same_config(path: str, saved: dict[str, Any], now: dict[str, Any],
+                      ignore: Collection[str] = ()) -> None:
+  """Raises ValueError naming every setting of `now` that differs from `saved`.
+
+  Args:
+    path: the saved config's file, for the message.
+    saved: the settings the checkpoints were written with.
+    now: the settings of the run that resumes them.
+    ignore: run-control fields free to change on resume (iterations, ...).
+  """
+  diff = {k: (saved.get(k), v) for k, v in now.items()
+          if k not in ignore and saved.get(k) != v}
+  if diff:
+    details = ", ".join(f"{k}: saved {a!r}, now {b!r}" for k, (a, b) in diff.items())
+    raise ValueError(f"--resume with a config that differs from {path} ({details}). "
+                     "Resume with the same settings or use a fresh workdir.")
 
 
 def _abstract(x: Any) -> Any:

@@ -3,7 +3,7 @@
 Command line:
 
     python -m train.lm --data_dir=/path/to/ptb --network=retromod \
-        --target_params=4800000 --workdir=runs/ptb_retromod
+        --workdir=runs/ptb_retromod   # H matched to 4.8M parameters
 
     # short run: 1 epoch of 300 minibatches; valid/test scored on their
     # first 40 minibatches only (partial perplexities)
@@ -104,11 +104,12 @@ class LMTrainConfig:
   # --- Model (bpm_jax.lm.LMConfig).
   network: str = _field("rnn", "rnn (LSTM) | plastic | modplast | retromod.")
   hidden_size: Optional[int] = _field(
-      None, f"H, units per LSTM layer (default {DEFAULT_HIDDEN_SIZE}); exclusive "
-      "with --target_params.")
+      None, "H, units per LSTM layer. Default: matched to --target_params; if "
+      "given, it wins over --target_params.")
   target_params: int = _field(
-      0, "If > 0, choose H so the model has this many parameters (within 0.5%; "
-      f"paper: {lm.PAPER_TARGET_PARAMS}).")
+      lm.PAPER_TARGET_PARAMS, "Unless --hidden_size is given, choose H so the model "
+      "has this many parameters, plasticity included, within 0.5% (default: the "
+      f"paper's equal-size variants); 0: H = {DEFAULT_HIDDEN_SIZE}.")
   embed_size: Optional[int] = _field(None, "E, embedding width (default: tied to H).")
   num_layers: int = _field(2, "Stacked LSTM layers.")
   init_scale: float = _field(0.1, "U(-s, s) init of the weights.")
@@ -162,9 +163,6 @@ class LMTrainConfig:
       check_float(name, getattr(self, name), positive=False)
     if self.dropout_rate >= 1.0:
       raise ValueError(f"dropout_rate={self.dropout_rate!r} must be < 1.")
-    if self.hidden_size is not None and self.target_params:
-      raise ValueError(f"hidden_size={self.hidden_size} and target_params="
-                       f"{self.target_params} exclude each other: give one.")
 
   def model_config(self, vocab_size: int, hidden_size: Optional[int] = None) -> lm.LMConfig:
     """The LMConfig of this run (hidden size: given, or this config's, or 200)."""
@@ -176,9 +174,9 @@ class LMTrainConfig:
         dropout_rate=self.dropout_rate, eta_init=self.eta_init)
 
   def resolve_model_config(self, vocab_size: int) -> lm.LMConfig:
-    """As `model_config`, with H from parameter matching when target_params > 0."""
+    """As `model_config`, with H matched to target_params unless hidden_size is set."""
     base = self.model_config(vocab_size)
-    if not self.target_params:
+    if self.hidden_size is not None or not self.target_params:
       return base
     hidden = lm.match_hidden_size(self.target_params, base, self.network)
     return base.replace(hidden_size=hidden)
@@ -489,17 +487,10 @@ def make_trainer(model_config: lm.LMConfig, batch_size: int, num_seeds: int,
 
 def _check_resume_config(workdir: str, config: LMTrainConfig) -> None:
   path = os.path.join(workdir, CONFIG_JSON)
-  if not os.path.exists(path):
-    return
-  with open(path) as f:
-    saved = json.load(f)["train"]
-  now = config.to_dict()
-  diff = {k: (saved.get(k), now[k]) for k in now
-          if k not in RUN_CONTROL_FIELDS and saved.get(k) != now[k]}
-  if diff:
-    details = ", ".join(f"{k}: saved {a!r}, now {b!r}" for k, (a, b) in diff.items())
-    raise ValueError(f"--resume with a config that differs from {path} ({details}). "
-                     "Resume with the same settings or use a fresh workdir.")
+  if os.path.exists(path):
+    with open(path) as f:
+      saved = json.load(f)["train"]
+    checkpoint_lib.check_same_config(path, saved, config.to_dict(), RUN_CONTROL_FIELDS)
 
 
 def _truncate_metrics(path: str, start_step: int) -> None:
@@ -572,12 +563,7 @@ def train_and_evaluate(config: LMTrainConfig, workdir: str) -> dict[str, Any]:
   writer = None
   progress = None
   try:
-    latest = ckpt.latest_step()
-    if latest is not None and not config.resume:
-      raise ValueError(
-          f"{workdir} already holds checkpoints (latest: epoch {latest}); pass "
-          "--resume to continue that run or choose a fresh --workdir.")
-    if config.resume and latest is not None:
+    if ckpt.step_to_resume(config.resume, "epoch") is not None:
       _check_resume_config(workdir, config)
       state, metadata = ckpt.restore(trainer.abstract_state(seed_keys(config)))
       # Uncommitted arrays like a fresh init, so the compiled programs are reused.
