@@ -114,27 +114,51 @@ def _plain(value: Any) -> Any:
 
 
 class Progress:
-  """tqdm bar over steps with an ETA and a few live numbers; a no-op when disabled.
+  """tqdm bar over steps with an ETA and a few live numbers.
+
+  Disabled (`--noprogress`, e.g. output sent to a log file), it prints a plain
+  line instead, at most every `log_every_s` seconds and at the end:
+  `modplast 1200/12000 (10%) 3.1 it/s, ETA 58m04s reward=0.4`.
 
   Args:
     total: number of steps of the whole run.
     initial: steps already done (resume).
-    enabled: False gives a silent object with the same methods.
+    enabled: False: plain log lines instead of a bar.
     desc: bar label.
+    log_every_s: seconds between the log lines when disabled.
   """
 
-  def __init__(self, total: int, initial: int = 0, enabled: bool = True, desc: str = ""):
+  def __init__(self, total: int, initial: int = 0, enabled: bool = True, desc: str = "",
+               log_every_s: float = 60.0):
     self._bar = None
+    self._total, self._done, self._desc = total, initial, desc
+    self._initial = initial
+    self._log_every_s = log_every_s
+    self._start = self._last_log = time.perf_counter()
     if enabled:
       from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
       self._bar = tqdm(total=total, initial=initial, desc=desc, unit="it",
                        dynamic_ncols=True)
 
   def update(self, steps: int, **postfix: float) -> None:
-    if self._bar is None:
+    numbers = {k: f"{v:.3g}" for k, v in postfix.items()}
+    if self._bar is not None:
+      self._bar.set_postfix(numbers, refresh=False)
+      self._bar.update(steps)
       return
-    self._bar.set_postfix({k: f"{v:.3g}" for k, v in postfix.items()}, refresh=False)
-    self._bar.update(steps)
+    self._done += steps
+    now = time.perf_counter()
+    if now - self._last_log < self._log_every_s and self._done < self._total:
+      return
+    self._last_log = now
+    rate = (self._done - self._initial) / max(now - self._start, 1e-9)
+    eta = (self._total - self._done) / rate if rate > 0 else float("inf")
+    eta_text = (f"{int(eta // 3600)}h{int(eta % 3600 // 60):02d}m" if eta >= 3600 else
+                f"{int(eta // 60)}m{int(eta % 60):02d}s") if math.isfinite(eta) else "?"
+    extra = " ".join(f"{k}={v}" for k, v in numbers.items())
+    print(f"{self._desc} {self._done}/{self._total} "
+          f"({100 * self._done / max(self._total, 1):.0f}%) {rate:.3g} it/s, "
+          f"ETA {eta_text} {extra}".rstrip(), flush=True)
 
   def write(self, message: str) -> None:
     if self._bar is None:
