@@ -14,6 +14,7 @@ Figures are printed, never asserted.
 
 from __future__ import annotations
 
+import itertools
 import time
 
 import jax
@@ -38,6 +39,7 @@ flags.DEFINE_list("step_impls", ["reference", "fast"], "Plastic step implementat
 flags.DEFINE_list("remat", ["false"], "jax.checkpoint the rollout step: false and/or true.")
 flags.DEFINE_integer("iterations", 3, "Timed iterations (one jitted chunk).", lower_bound=1)
 flags.DEFINE_integer("batch_size", 30, "B.", lower_bound=1)
+flags.DEFINE_list("batch_groups", ["1"], "G values: B episodes as G sequential groups.")
 flags.DEFINE_integer("num_seeds", 1, "Agents trained side by side (vmapped).", lower_bound=1)
 
 
@@ -67,33 +69,30 @@ def main(argv):
   del argv
   print(f"JAX {jax.__version__} on {jax.devices()[0].platform}; batch {FLAGS.batch_size}, "
         f"{FLAGS.num_seeds} seed(s), {FLAGS.iterations} timed iterations per config.")
-  header = (f"{'env':<13} {'network':<9} {'step':<9} {'remat':<5} {'H':>4} {'T':>4} "
-            f"{'compile s':>9} {'s/iter':>8} {'env-steps/s':>11} {'temp MiB':>8} "
-            f"{'PyTorch s/iter':>14} {'speedup':>7}")
+  header = (f"{'env':<13} {'network':<9} {'step':<9} {'remat':<5} {'G':>3} {'H':>4} "
+            f"{'T':>4} {'compile s':>9} {'s/iter':>8} {'env-steps/s':>11} "
+            f"{'temp MiB':>8} {'PyTorch s/iter':>14} {'speedup':>7}")
   print(header)
   print("-" * len(header))
-  for env in FLAGS.envs:
-    for network in FLAGS.networks:
-      for step_impl in FLAGS.step_impls:
-        for remat in FLAGS.remat:
-          remat = remat.lower() in ("1", "true", "yes")
-          config = a2c_defaults(env, network=network, step_impl=step_impl, remat=remat,
-                                batch_size=FLAGS.batch_size, num_seeds=FLAGS.num_seeds,
-                                iterations=FLAGS.iterations)
-          try:
-            r = measure(config)
-          except Exception as e:  # pylint: disable=broad-except
-            print(f"{env:<13} {network:<9} {step_impl:<9} {str(remat):<5} failed: "
-                  f"{type(e).__name__}: {str(e).splitlines()[0][:80]}", flush=True)
-            continue
-          ref = REFERENCE_S_PER_IT.get((env, network))
-          ref_s = f"{ref:>14.2f}" if ref else f"{'-':>14}"
-          speedup = f"{ref * FLAGS.num_seeds / r['s_per_it']:>6.1f}x" if ref else f"{'-':>7}"
-          print(f"{env:<13} {network:<9} {step_impl:<9} {str(remat):<5} "
-                f"{config.hidden_size:>4} {config.episode_length:>4} "
-                f"{r['compile_s']:>9.1f} {r['s_per_it']:>8.3f} {r['steps_per_s']:>11,.0f} "
-                f"{r['temp_mib']:>8.0f} {ref_s} {speedup}", flush=True)
-
+  for env, network, step_impl, remat, groups in itertools.product(
+      FLAGS.envs, FLAGS.networks, FLAGS.step_impls, FLAGS.remat, FLAGS.batch_groups):
+    remat = remat.lower() in ("1", "true", "yes")
+    label = f"{env:<13} {network:<9} {step_impl:<9} {str(remat):<5} {groups:>3}"
+    try:
+      config = a2c_defaults(env, network=network, step_impl=step_impl, remat=remat,
+                            batch_size=FLAGS.batch_size, num_seeds=FLAGS.num_seeds,
+                            iterations=FLAGS.iterations, batch_groups=int(groups))
+      r = measure(config)
+    except Exception as e:  # pylint: disable=broad-except
+      print(f"{label} failed: {type(e).__name__}: {str(e).splitlines()[0][:80]}",
+            flush=True)
+      continue
+    ref = REFERENCE_S_PER_IT.get((env, network))
+    ref_s = f"{ref:>14.2f}" if ref else f"{'-':>14}"
+    speedup = f"{ref * FLAGS.num_seeds / r['s_per_it']:>6.1f}x" if ref else f"{'-':>7}"
+    print(f"{label} {config.hidden_size:>4} {config.episode_length:>4} "
+          f"{r['compile_s']:>9.1f} {r['s_per_it']:>8.3f} {r['steps_per_s']:>11,.0f} "
+          f"{r['temp_mib']:>8.0f} {ref_s} {speedup}", flush=True)
 
 if __name__ == "__main__":
   app.run(main)

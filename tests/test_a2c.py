@@ -148,6 +148,30 @@ def test_step_impls_and_remat_give_the_same_loss_and_gradients(network):
   assert np.abs(np.asarray(grads[0]["params"]["cell"]["alpha"])).max() > 0
 
 
+def test_batch_groups_average_the_gradients_of_their_groups():
+  """G = 2 groups of B/2 episodes: the mean of the two B/2-batch gradients and metrics."""
+  grouped = tiny(batch_size=4, batch_groups=2)
+  half = a2c.make_learner(tiny(batch_size=2))
+  hp = grouped.hparams()
+  params = jax.tree.map(lambda x: x[0], a2c.init_state(grouped).params)
+  key = jax.random.key(5)
+
+  def both(params, key):
+    got = a2c.make_learner(grouped).grads(params, key, hp)
+    parts = [half.grads(params, k, hp) for k in jax.random.split(key, 2)]
+    want = jax.tree.map(lambda a, b: (a + b) / 2, *parts)
+    return got, want, parts[0][0]
+
+  got, want, first = a2c.compile_fn(jax.jit(both), grouped, params, key)(params, key)
+  for x, y in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+    np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7)
+  # Not trivially equal to one group's gradient.
+  alpha = lambda g: np.asarray(g["params"]["cell"]["alpha"])
+  assert not np.allclose(alpha(got[0]), alpha(first))
+  with pytest.raises(ValueError, match="batch_groups=4 must divide batch_size=6"):
+    tiny(batch_size=6, batch_groups=4)
+
+
 # --------------------------------------------------------------------------
 # Whole runs.
 

@@ -197,8 +197,11 @@ class Learner(NamedTuple):
     update: (TrainState, hparams) -> (TrainState, metrics of one iteration).
     run: (TrainState, hparams, num_iterations) -> (TrainState, metrics [N]).
     rollout: (params, key, hparams, batch_size, record) -> Trajectory.
-    loss: (params, key, hparams) -> (loss [], (metrics, Trajectory)): the
-      rollout of one iteration (B = config.batch_size) and its A2C loss.
+    loss: (params, key, hparams[, batch_size]) -> (loss [], (metrics,
+      Trajectory)): the rollout of one iteration (default B =
+      config.batch_size) and its A2C loss.
+    grads: (params, key, hparams) -> (gradient of the loss, metrics); with
+      `batch_groups` G > 1, the mean over G groups of B/G episodes.
   """
 
   config: A2CConfig
@@ -210,6 +213,7 @@ class Learner(NamedTuple):
   run: Callable[..., tuple[TrainState, dict]]
   rollout: Callable[..., Trajectory]
   loss: Callable[..., tuple[Array, tuple[dict, Trajectory]]]
+  grads: Callable
 
 
 def _typed_key(key: Array) -> Array:
@@ -299,8 +303,8 @@ def _make_learner(config: A2CConfig) -> Learner:
                       key=jax.random.key_data(key_train),
                       iteration=jnp.zeros((), jnp.int32))
 
-  def loss(params, key, hparams):
-    trajectory = rollout(params, key, hparams, config.batch_size)
+  def loss(params, key, hparams, batch_size=config.batch_size):
+    trajectory = rollout(params, key, hparams, batch_size)
     penalty = regulariser(trajectory, config.entropy_kind)
     terms = a2c_loss(trajectory.log_prob, trajectory.value, trajectory.reward,
                      penalty, hparams.discount, hparams.value_coef,
@@ -310,13 +314,29 @@ def _make_learner(config: A2CConfig) -> Learner:
                modulation_abs=jnp.mean(jnp.abs(trajectory.modulation)))
     return terms.loss, (aux, trajectory)
 
-  def loss_fn(params, key, hparams):
-    loss_value, (aux, _) = loss(params, key, hparams)
+  def loss_fn(params, key, hparams, batch_size=config.batch_size):
+    loss_value, (aux, _) = loss(params, key, hparams, batch_size)
     return loss_value, aux
+
+  def grads_and_aux(params, key, hparams):
+    """Gradient of the batch loss; with G groups, the mean of the G group gradients."""
+    groups = config.batch_groups
+    if groups == 1:
+      return jax.grad(loss_fn, has_aux=True)(params, key, hparams)
+    group_grad = jax.grad(functools.partial(loss_fn, batch_size=config.batch_size // groups),
+                          has_aux=True)
+
+    def accumulate(total, group_key):
+      return jax.tree.map(jnp.add, total, group_grad(params, group_key, hparams)), None
+
+    zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype),
+                         jax.eval_shape(group_grad, params, key, hparams))
+    total, _ = jax.lax.scan(accumulate, zeros, jax.random.split(key, groups))
+    return jax.tree.map(lambda x: x / groups, total)
 
   def update(state: TrainState, hparams: HParams) -> tuple[TrainState, dict]:
     key, key_rollout = jax.random.split(_typed_key(state.key))
-    grads, aux = jax.grad(loss_fn, has_aux=True)(state.params, key_rollout, hparams)
+    grads, aux = grads_and_aux(state.params, key_rollout, hparams)
     updates, opt_state = make_optimizer(hparams).update(grads, state.opt_state,
                                                         state.params)
     params = optax.apply_updates(state.params, updates)
@@ -341,7 +361,7 @@ def _make_learner(config: A2CConfig) -> Learner:
 
   return Learner(config=config, env=env, env_params=env_params,
                  make_agent=make_agent, init=init, update=update, run=run,
-                 rollout=rollout, loss=loss)
+                 rollout=rollout, loss=loss, grads=grads_and_aux)
 
 
 def make_train(config: A2CConfig) -> Callable[[Array, HParams], tuple[TrainState, dict]]:

@@ -125,6 +125,11 @@ class A2CConfig:
       0, "First iterations compute but do not apply gradients (reference: 100).")
   remat: bool = _field(
       False, "Recompute the rollout step in the backward pass (jax.checkpoint).")
+  batch_groups: int = _field(
+      1, "G: roll out and backpropagate the B episodes as G sequential groups of "
+      "B/G (gradients averaged; same loss). Smaller [B/G, H, H] traces stay in the "
+      "CPU cache: faster plastic networks on CPU. G > 1 draws other random numbers "
+      "than G = 1.")
   # --- Run control.
   iterations: int = _field(1000, "Training iterations (one batch of episodes each).")
   seed: int = _field(0, "Agent s of num_seeds uses jax.random.key(seed + s).")
@@ -147,6 +152,11 @@ class A2CConfig:
       check_int(name, getattr(self, name), 1)
     for name in ("burn_in", "seed"):
       check_int(name, getattr(self, name), 0)
+    check_int("batch_groups", self.batch_groups, 1)
+    if self.batch_size % self.batch_groups:
+      raise ValueError(f"batch_groups={self.batch_groups} must divide batch_size="
+                       f"{self.batch_size}: each group rolls out batch_size / "
+                       "batch_groups episodes.")
     if self.maze_size < 5 or self.maze_size % 2 == 0 or isinstance(self.maze_size, bool):
       raise ValueError(f"maze_size={self.maze_size!r} is invalid: it must be an odd "
                        "integer >= 5 (papers: 9, reference README: 13).")
