@@ -1,7 +1,6 @@
 """A2C meta-training (train/a2c.py): returns, loss, runs, resume, guards, CLI flags."""
 
 import os
-import shutil
 
 import jax
 import jax.numpy as jnp
