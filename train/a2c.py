@@ -27,7 +27,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-import sys
 from typing import Any, Callable, NamedTuple, Optional
 
 import flax.struct
@@ -622,20 +621,8 @@ def config_from_flags(flag_values) -> A2CConfig:
 
 
 def main(argv):
-  from absl import app, flags, logging  # pylint: disable=g-import-not-at-top
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  try:
-    config = config_from_flags(flags.FLAGS)
-  except ValueError as e:
-    raise app.UsageError(str(e)) from e
-  try:
-    train_and_evaluate(config, flags.FLAGS.workdir)
-  except (NonFiniteError, checkpoint_lib.CheckpointError, ValueError) as e:
-    print(f"ERROR: {e}", file=sys.stderr, flush=True)
-    sys.exit(1)
+  flags_lib.run_main(argv, config_from_flags, train_and_evaluate,
+                     (NonFiniteError, checkpoint_lib.CheckpointError, ValueError))
 
 
 def run_cli() -> None:

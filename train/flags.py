@@ -70,3 +70,33 @@ def require_workdir(flag_values) -> None:
     raise ValueError("--workdir is required: the directory for outputs and checkpoints.")
 
 
+
+
+def run_main(argv: list[str], config_from_flags: Callable[[Any], Any],
+             train: Callable[[Any, str], Any],
+             run_errors: tuple[type[BaseException], ...],
+             flag_values: Any = None) -> None:
+  """The body of an entry point's absl `main`.
+
+  Quiets orbax's INFO logging unless --verbosity is given, turns a bad flag
+  (ValueError / FileNotFoundError from `config_from_flags`) into a usage
+  error before any work, runs `train(config, --workdir)`, and turns the
+  `run_errors` it raises (NaN, corrupt checkpoint, ...) into one `ERROR:` line
+  on stderr and exit status 1. `flag_values`: default `absl.flags.FLAGS`.
+  """
+  import sys  # pylint: disable=g-import-not-at-top
+  from absl import app, flags, logging  # pylint: disable=g-import-not-at-top
+  flag_values = flags.FLAGS if flag_values is None else flag_values
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if "verbosity" in flag_values and not flag_values["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
+  try:
+    config = config_from_flags(flag_values)
+  except (ValueError, FileNotFoundError) as e:
+    raise app.UsageError(str(e)) from e
+  try:
+    train(config, flag_values["workdir"].value)
+  except run_errors as e:
+    print(f"ERROR: {e}", file=sys.stderr, flush=True)
+    sys.exit(1)

@@ -53,7 +53,6 @@ import functools
 import json
 import math
 import os
-import sys
 from typing import Any, Optional
 
 import flax.struct
@@ -716,21 +715,9 @@ def config_from_flags(flag_values) -> LMTrainConfig:
 
 
 def main(argv):
-  from absl import app, flags, logging  # pylint: disable=g-import-not-at-top
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
-  try:
-    config = config_from_flags(flags.FLAGS)
-  except (ValueError, FileNotFoundError) as e:
-    raise app.UsageError(str(e)) from e
-  try:
-    train_and_evaluate(config, flags.FLAGS.workdir)
-  except (NonFiniteError, checkpoint_lib.CheckpointError, ValueError,
-          FileNotFoundError) as e:
-    print(f"ERROR: {e}", file=sys.stderr, flush=True)
-    sys.exit(1)
+  flags_lib.run_main(argv, config_from_flags, train_and_evaluate,
+                     (NonFiniteError, checkpoint_lib.CheckpointError, ValueError,
+                      FileNotFoundError))
 
 
 def run_cli() -> None:
