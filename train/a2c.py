@@ -48,7 +48,7 @@ PyTree = Any
 
 CONFIG_JSON = "config.json"
 CURVES_PNG = "curves.png"
-CHECKPOINT_DIR = "checkpoints"
+CHECKPOINT_DIR = checkpoint_lib.CHECKPOINT_DIR
 
 
 class NonFiniteError(FloatingPointError):
@@ -503,22 +503,18 @@ def train_and_evaluate(config: A2CConfig, workdir: str,
       bad iteration is saved; the last good checkpoint stays).
     checkpoint_lib.CheckpointError: unreadable checkpoint on --resume.
   """
-  workdir = os.path.abspath(workdir)
-  os.makedirs(workdir, exist_ok=True)
   hparams = config.hparams() if hparams is None else hparams
   learner = make_learner(config)
-  ckpt = checkpoint_lib.Checkpointer(os.path.join(workdir, CHECKPOINT_DIR),
-                                     config.keep_checkpoints)
+  workdir, ckpt = checkpoint_lib.open_run(workdir, config.keep_checkpoints)
   progress = None
   writer = None
   try:
-    if ckpt.step_to_resume(config.resume, "iteration") is not None:
-      _check_resume_config(workdir, config)
-      state, _ = ckpt.restore(abstract_state(learner, config.num_seeds))
-      start = int(np.asarray(state.iteration)[0])
-    else:
-      state = init_state(config, hparams)
-      start = 0
+    state, _ = ckpt.restore_or_init(
+        config.resume, "iteration",
+        check_config=lambda: _check_resume_config(workdir, config),
+        abstract_state=lambda: abstract_state(learner, config.num_seeds),
+        init=lambda: init_state(config, hparams))
+    start = int(np.asarray(state.iteration)[0])
     with open(os.path.join(workdir, CONFIG_JSON), "w") as f:
       f.write(config.to_json())
     csv_path = os.path.join(workdir, metrics_lib.METRICS_CSV)

@@ -15,12 +15,22 @@ kept. Typed PRNG keys are not supported in the state: store
 from __future__ import annotations
 
 import os
-from typing import Any, Collection, Optional
+from typing import Any, Callable, Collection, Optional
 
 import jax
 import orbax.checkpoint as ocp
 
 PyTree = Any
+
+
+CHECKPOINT_DIR = "checkpoints"  # Under a run's workdir.
+
+
+def open_run(workdir: str, max_to_keep: int) -> tuple[str, "Checkpointer"]:
+  """Creates `workdir`; returns its absolute path and its checkpoint manager."""
+  workdir = os.path.abspath(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  return workdir, Checkpointer(os.path.join(workdir, CHECKPOINT_DIR), max_to_keep)
 
 
 class CheckpointError(RuntimeError):
@@ -114,6 +124,32 @@ class Checkpointer:
           f"{path} to fall back to an older checkpoint, or start a fresh "
           f"workdir.") from e
     return state, dict(metadata or {})
+
+  def restore_or_init(self, resume: bool, unit: str,
+                      check_config: Callable[[], None],
+                      abstract_state: Callable[[], PyTree],
+                      init: Callable[[], PyTree]) -> tuple[PyTree, Optional[dict]]:
+    """The latest checkpoint on --resume, else a fresh state: a run's opening.
+
+    Args:
+      resume: the run's --resume.
+      unit: what a step counts, for messages ("iteration", "epoch").
+      check_config: called before restoring; raises if the saved run's config
+        does not match this one.
+      abstract_state: returns the saved structure (see `restore`).
+      init: returns a fresh state, used when there is nothing to resume.
+
+    Returns:
+      (state, metadata) restored, or (init(), None) for a fresh run.
+
+    Raises:
+      ValueError: checkpoints exist and `resume` is False (see `step_to_resume`).
+      CheckpointError: the checkpoint is unreadable (see `restore`).
+    """
+    if self.step_to_resume(resume, unit) is None:
+      return init(), None
+    check_config()
+    return self.restore(abstract_state())
 
   def close(self) -> None:
     self._manager.close()

@@ -47,7 +47,6 @@ last complete epoch), results.json.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import functools
 import json
@@ -74,7 +73,7 @@ PyTree = Any
 
 CONFIG_JSON = "config.json"
 RESULTS_JSON = "results.json"
-CHECKPOINT_DIR = "checkpoints"
+CHECKPOINT_DIR = checkpoint_lib.CHECKPOINT_DIR
 DEFAULT_HIDDEN_SIZE = 200
 
 # Fields that only steer the run; they may differ between a run and its --resume.
@@ -494,18 +493,8 @@ def _check_resume_config(workdir: str, config: LMTrainConfig) -> None:
 
 def _truncate_metrics(path: str, start_step: int) -> None:
   """Drops CSV rows after `start_step` and any earlier final-test row."""
-  if not os.path.exists(path):
-    return
-  with open(path, newline="") as f:
-    reader = csv.DictReader(f)
-    fieldnames = reader.fieldnames or []
-    rows = [row for row in reader
-            if int(float(row["step"])) <= start_step and not row.get("test_ppl")]
-  with open(path + ".tmp", "w", newline="") as f:
-    writer = csv.DictWriter(f, fieldnames=fieldnames)
-    writer.writeheader()
-    writer.writerows(rows)
-  os.replace(path + ".tmp", path)
+  metrics_lib.filter_csv(
+      path, lambda row: int(float(row["step"])) <= start_step and not row.get("test_ppl"))
 
 
 def valid_history(path: str, num_seeds: int) -> list[list[float]]:
@@ -554,23 +543,21 @@ def train_and_evaluate(config: LMTrainConfig, workdir: str) -> dict[str, Any]:
   chunk_size = min(config.chunk_size, steps_per_epoch)
   num_params = lm.count_params(model_config)
 
-  workdir = os.path.abspath(workdir)
-  os.makedirs(workdir, exist_ok=True)
   trainer = make_trainer(model_config, config.batch_size, config.num_seeds, config.bound_eta)
-  ckpt = checkpoint_lib.Checkpointer(os.path.join(workdir, CHECKPOINT_DIR),
-                                     config.keep_checkpoints)
+  workdir, ckpt = checkpoint_lib.open_run(workdir, config.keep_checkpoints)
   writer = None
   progress = None
   try:
-    if ckpt.step_to_resume(config.resume, "epoch") is not None:
-      _check_resume_config(workdir, config)
-      state, metadata = ckpt.restore(trainer.abstract_state(seed_keys(config)))
+    state, metadata = ckpt.restore_or_init(
+        config.resume, "epoch",
+        check_config=lambda: _check_resume_config(workdir, config),
+        abstract_state=lambda: trainer.abstract_state(seed_keys(config)),
+        init=lambda: trainer.init(seed_keys(config)))
+    start_epoch = 0
+    if metadata is not None:
       # Uncommitted arrays like a fresh init, so the compiled programs are reused.
       state = jax.tree.map(lambda x: jnp.asarray(np.asarray(x)), state)
       start_epoch = int(metadata["epoch"])
-    else:
-      state = trainer.init(seed_keys(config))
-      start_epoch = 0
     start_step = int(np.asarray(state.step)[0])
     with open(os.path.join(workdir, CONFIG_JSON), "w") as f:
       json.dump({"train": config.to_dict(), "model": dataclasses.asdict(model_config),

@@ -16,7 +16,7 @@ import csv
 import math
 import os
 import time
-from typing import Any, Iterable, Mapping, Optional, Sequence
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 METRICS_CSV = "metrics.csv"
 
@@ -28,14 +28,18 @@ def read_csv(path: str) -> list[dict[str, float]]:
             for row in csv.DictReader(f)]
 
 
-def truncate_csv(path: str, max_step: int, step_key: str = "iteration") -> int:
-  """Keeps only the rows with `step_key < max_step`; returns how many were kept."""
+def filter_csv(path: str, keep: Callable[[dict], bool]) -> int:
+  """Rewrites the CSV at `path` with only the rows where `keep(row)`; returns their count.
+
+  A missing file is left missing (0). The rewrite goes through a temporary
+  file and `os.replace`, so an interruption leaves the old file whole.
+  """
   if not os.path.exists(path):
     return 0
   with open(path, newline="") as f:
     reader = csv.DictReader(f)
     fieldnames = reader.fieldnames or []
-    rows = [row for row in reader if int(float(row[step_key])) < max_step]
+    rows = [row for row in reader if keep(row)]
   tmp = path + ".tmp"
   with open(tmp, "w", newline="") as f:
     writer = csv.DictWriter(f, fieldnames=fieldnames)
@@ -43,6 +47,11 @@ def truncate_csv(path: str, max_step: int, step_key: str = "iteration") -> int:
     writer.writerows(rows)
   os.replace(tmp, path)
   return len(rows)
+
+
+def truncate_csv(path: str, max_step: int, step_key: str = "iteration") -> int:
+  """Keeps only the rows with `step_key < max_step`; returns how many were kept."""
+  return filter_csv(path, lambda row: int(float(row[step_key])) < max_step)
 
 
 class MetricsWriter:
