@@ -372,6 +372,24 @@ def test_bad_numeric_flags_fail_before_any_work(arg):
     a2c.config_from_flags(fv)
 
 
+def test_resume_flag_takes_the_saved_settings(tmp_path):
+  saved = a2c_defaults("GridMaze-v0", network="retromod", hidden_size=8,
+                       learning_rate=1e-3, num_seeds=2)
+  (tmp_path / "config.json").write_text(saved.to_json())
+  # `--workdir=DIR --resume` alone continues the saved run; run control may change.
+  config = a2c.config_from_flags(parse(f"--workdir={tmp_path}", "--resume", "--iterations=50"))
+  assert config == saved.replace(resume=True, iterations=50)
+  # A flag that is given still wins (the trainer then refuses the changed setting).
+  config = a2c.config_from_flags(parse(f"--workdir={tmp_path}", "--resume", "--hidden_size=9"))
+  assert (config.env, config.network, config.hidden_size) == ("GridMaze-v0", "retromod", 9)
+  # Without --resume the saved file is not read: the paper's defaults.
+  fresh = a2c.config_from_flags(parse(f"--workdir={tmp_path}"))
+  assert (fresh.env, fresh.network, fresh.hidden_size) == ("CueReward-v0", "modplast", 200)
+  (tmp_path / "config.json").write_text("{not json")
+  with pytest.raises(ValueError, match="config.json.*fresh --workdir"):
+    a2c.config_from_flags(parse(f"--workdir={tmp_path}", "--resume"))
+
+
 def test_workdir_flag_is_required():
   with pytest.raises(ValueError, match="--workdir"):
     a2c.config_from_flags(parse("--network=rnn"))

@@ -271,6 +271,23 @@ def test_bad_flags_rejected(corpus_dir, tmp_path):
   assert config.network == "plastic" and config.hidden_size == 32
 
 
+def test_resume_flag_takes_the_saved_settings(corpus_dir, tmp_path):
+  saved = train_lm.LMTrainConfig(data_dir=str(corpus_dir), network="retromod",
+                                 hidden_size=12, epochs=2)
+  (tmp_path / "config.json").write_text(json.dumps({"train": saved.to_dict(),
+                                                    "network": "retromod"}))
+  # `--workdir=DIR --resume` alone continues the saved run (its data directory too).
+  config = train_lm.config_from_flags(parse([f"--workdir={tmp_path}", "--resume",
+                                             "--epochs=3"]))
+  assert config == saved.replace(resume=True, epochs=3)
+  # Without --resume the saved file is not read.
+  with pytest.raises(ValueError, match="--data_dir is required"):
+    train_lm.config_from_flags(parse([f"--workdir={tmp_path}"]))
+  (tmp_path / "config.json").write_text("{}")
+  with pytest.raises(ValueError, match="config.json"):
+    train_lm.config_from_flags(parse([f"--workdir={tmp_path}", "--resume"]))
+
+
 def test_cli_fails_fast_without_data(tmp_path):
   workdir = tmp_path / "run"
   result = subprocess.run(

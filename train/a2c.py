@@ -597,6 +597,9 @@ def define_flags(flag_values=None) -> None:
 def config_from_flags(flag_values) -> A2CConfig:
   """A2CConfig from parsed flags; flags not given take `paper_defaults(env, network)`.
 
+  With `--resume` and a `config.json` in the workdir, flags not given take the
+  saved run's values instead, so `--workdir=DIR --resume` alone continues it.
+
   Raises:
     ValueError: an invalid value, naming the flag and what is allowed.
   """
@@ -606,7 +609,13 @@ def config_from_flags(flag_values) -> A2CConfig:
     if value is not None and field.name != "env":
       given[field.name] = value
   flags_lib.require_workdir(flag_values)
+  saved = flags_lib.saved_config_for_resume(
+      flag_values, CONFIG_JSON, lambda path: load_config(os.path.dirname(path)).to_dict())
   try:
+    if saved is not None:  # --resume: what is not given comes from the saved run.
+      if flag_values["env"].present:
+        given["env"] = flag_values["env"].value
+      return A2CConfig.from_dict(dict(saved, **given))
     return a2c_defaults(flag_values["env"].value, **given)
   except ValueError as e:
     message = str(e)

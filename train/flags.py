@@ -70,6 +70,35 @@ def require_workdir(flag_values) -> None:
     raise ValueError("--workdir is required: the directory for outputs and checkpoints.")
 
 
+def saved_config_for_resume(flag_values, config_json: str,
+                            read: Callable[[str], dict[str, Any]]) -> dict[str, Any] | None:
+  """On --resume, the settings saved in `--workdir`/`config_json`; else None.
+
+  So that `--workdir=DIR --resume` alone continues a run: settings not given
+  on the command line come from the run being resumed, not from the defaults.
+  Flags that are given still win (and the trainer then refuses a changed
+  model setting, naming it).
+
+  Args:
+    flag_values: parsed flags with `--workdir` and `--resume`.
+    config_json: the config file's name in the workdir.
+    read: parses the file at a path into a dict of config fields.
+  """
+  import os  # pylint: disable=g-import-not-at-top
+  if not flag_values["resume"].value:
+    return None
+  path = os.path.join(flag_values["workdir"].value, config_json)
+  if not os.path.exists(path):
+    return None
+  try:
+    return read(path)
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    raise ValueError(
+        f"--resume: could not read the saved settings at {path} ({type(e).__name__}: "
+        f"{e}). Repair or delete that file and give every setting as a flag, or "
+        "start a fresh --workdir.") from e
+
+
 
 
 def run_main(argv: list[str], config_from_flags: Callable[[Any], Any],

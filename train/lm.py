@@ -680,19 +680,34 @@ def define_flags(flag_values=None) -> None:
                                 lambda field: field.default)
 
 
+def _read_saved_train_config(path: str) -> dict[str, Any]:
+  """The training settings of a run's config.json (its "train" entry)."""
+  with open(path) as f:
+    saved = json.load(f)["train"]
+  known = {f.name for f in dataclasses.fields(LMTrainConfig)}
+  return {k: v for k, v in saved.items() if k in known}
+
+
 def config_from_flags(flag_values) -> LMTrainConfig:
   """LMTrainConfig from parsed flags, checking the data directory exists.
+
+  With `--resume` and a `config.json` in the workdir, flags not given take the
+  saved run's values (data directory included), so `--workdir=DIR --resume`
+  alone continues it.
 
   Raises:
     ValueError / FileNotFoundError: naming the flag and what is expected.
   """
   flags_lib.require_workdir(flag_values)
-  if flag_values["data_dir"].value in (None, ""):
+  values = {f.name: flag_values[f.name].value for f in dataclasses.fields(LMTrainConfig)}
+  saved = flags_lib.saved_config_for_resume(flag_values, CONFIG_JSON, _read_saved_train_config)
+  if saved is not None:  # --resume: what is not given comes from the saved run.
+    values = dict(saved, **{k: v for k, v in values.items() if flag_values[k].present})
+  if values["data_dir"] in (None, ""):
     raise ValueError(
         "--data_dir is required: a directory with the Penn Treebank files "
         "ptb.train.txt, ptb.valid.txt, ptb.test.txt (or train.txt, valid.txt, "
         f"test.txt; optionally gzipped, .gz). {ptb.WHERE_TO_GET_PTB}")
-  values = {f.name: flag_values[f.name].value for f in dataclasses.fields(LMTrainConfig)}
   try:
     config = LMTrainConfig(**values)
   except ValueError as e:
