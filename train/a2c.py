@@ -387,17 +387,37 @@ def seed_keys(config: A2CConfig) -> Array:
 # Host loop: chunks, logging, checkpoints.
 
 
+def hparams_per_agent(hparams: HParams, num_seeds: int) -> bool:
+  """Whether `hparams` holds one value per agent ([S] leaves) or one for all ([]).
+
+  Raises:
+    ValueError: leaves of other shapes, naming the field and the shape wanted.
+  """
+  shapes = {name: jnp.shape(getattr(hparams, name)) for name in HPARAM_FIELDS}
+  if all(shape == () for shape in shapes.values()):
+    return False
+  if all(shape == (num_seeds,) for shape in shapes.values()):
+    return True
+  raise ValueError(
+      f"hparams leaves must all be scalars (one setting for every agent) or all "
+      f"have shape ({num_seeds},) (one per agent, num_seeds={num_seeds}); got "
+      f"{ {name: tuple(shape) for name, shape in shapes.items()} }.")
+
+
 @functools.lru_cache(maxsize=32)
-def _init_fn(learner: Learner) -> Callable:
+def _init_fn(learner: Learner, per_agent: bool = False) -> Callable:
   """Jitted seed-vmapped `init` (cached: reused by runs of the same learner)."""
-  return jax.jit(jax.vmap(learner.init, in_axes=(0, None)))
+  return jax.jit(jax.vmap(learner.init, in_axes=(0, 0 if per_agent else None)))
 
 
 @functools.lru_cache(maxsize=32)
-def _chunk_fn(learner: Learner, num_iterations: int) -> Callable:
-  """Jitted seed-vmapped `run` of `num_iterations` iterations (cached)."""
+def _chunk_fn(learner: Learner, num_iterations: int, per_agent: bool = False) -> Callable:
+  """Jitted seed-vmapped `run` of `num_iterations` iterations (cached).
+
+  `per_agent`: hparams leaves are [S] (a sweep: one setting per agent).
+  """
   return jax.jit(jax.vmap(functools.partial(learner.run, num_iterations=num_iterations),
-                          in_axes=(0, None)))
+                          in_axes=(0, 0 if per_agent else None)))
 
 
 _COMPILED: dict[tuple, Any] = {}
@@ -425,11 +445,16 @@ def _compiled(name: str, fn: Callable, learner: Learner, config: A2CConfig,
 
 
 def init_state(config: A2CConfig, hparams: Optional[HParams] = None) -> TrainState:
-  """The seed-stacked initial TrainState of a run (leaves [S, ...])."""
+  """The seed-stacked initial TrainState of a run (leaves [S, ...]).
+
+  `hparams` leaves are scalars (all agents) or [S] (one per agent).
+  """
   learner = make_learner(config)
   hparams = config.hparams() if hparams is None else hparams
   keys = seed_keys(config)
-  init_fn, _ = _compiled("init", _init_fn(learner), learner, config, keys, hparams)
+  per_agent = hparams_per_agent(hparams, config.num_seeds)
+  init_fn, _ = _compiled("init", _init_fn(learner, per_agent), learner, config, keys,
+                         hparams)
   return init_fn(keys, hparams)
 
 
@@ -493,7 +518,9 @@ def train_and_evaluate(config: A2CConfig, workdir: str,
     config: the run.
     workdir: output directory: config.json, metrics.csv, TensorBoard events,
       checkpoints/, curves.png.
-    hparams: traced hyperparameters; default `config.hparams()`.
+    hparams: traced hyperparameters; default `config.hparams()`. Leaves are
+      scalars (every agent) or [num_seeds] (one setting per agent: a sweep,
+      see `train/sweep.py`).
 
   Returns:
     (final seed-stacked TrainState, the metric rows written by this call).
@@ -504,6 +531,7 @@ def train_and_evaluate(config: A2CConfig, workdir: str,
     checkpoint_lib.CheckpointError: unreadable checkpoint on --resume.
   """
   hparams = config.hparams() if hparams is None else hparams
+  per_agent = hparams_per_agent(hparams, config.num_seeds)
   learner = make_learner(config)
   workdir, ckpt = checkpoint_lib.open_run(workdir, config.keep_checkpoints)
   progress = None
@@ -538,8 +566,8 @@ def train_and_evaluate(config: A2CConfig, workdir: str,
     while iteration < config.iterations:
       next_ckpt = (iteration // config.checkpoint_every + 1) * config.checkpoint_every
       n = min(config.chunk_size, next_ckpt - iteration, config.iterations - iteration)
-      fn, compile_seconds = _compiled(f"run{n}", _chunk_fn(learner, n), learner, config,
-                                      state, hparams)
+      fn, compile_seconds = _compiled(f"run{n}", _chunk_fn(learner, n, per_agent), learner,
+                                      config, state, hparams)
       if compile_seconds:
         progress.write(f"Compiled the {n}-iteration chunk in {compile_seconds:.1f} s.")
       watch = metrics_lib.Stopwatch()
