@@ -14,6 +14,7 @@ from bpm_jax import cells
 from bpm_jax import fast_step
 from bpm_jax import plasticity
 from bpm_jax.config import PlasticityConfig
+from tests import plastic_params
 
 H = 6
 T = 30
@@ -73,24 +74,7 @@ def x64():
 def random_params(config: PlasticityConfig, size: int = H,
                   seed: int = 0) -> plasticity.PlasticParams:
   """Random parameters strong enough that traces saturate, clips and modulation act."""
-  rng = np.random.default_rng(seed)
-  p = dict(w=rng.normal(0, 0.6, (size, size)))
-  if config.is_plastic:
-    shape = {"full": (size, size), "per_neuron": (1, size), "single": ()}[config.alpha_kind]
-    p["alpha"] = rng.normal(0, 1.0, shape)
-  if config.network in ("plastic", "retromod"):
-    p["eta"] = rng.uniform(0.1, 0.6, () if config.eta_kind == "scalar" else (size, size))
-  if config.is_modulated:
-    k = config.num_modulators
-    p["mod_kernel"] = rng.normal(0, 1.0, (size, k))
-    p["mod_bias"] = rng.normal(0, 0.3, (k,))
-    if config.fan_out:
-      p["fanout_kernel"] = rng.normal(0, 1.0, (k, size))
-      p["fanout_bias"] = rng.normal(0, 0.3, (size,))
-    if config.partial_modulation:
-      p["plain_eta"] = np.asarray(0.3)
-  dtype = jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
-  return plasticity.PlasticParams(**{k: jnp.asarray(v, dtype) for k, v in p.items()})
+  return plastic_params.random_params(config, size, size, seed)
 
 
 def zero_state(config: PlasticityConfig, dtype, size: int = H) -> plasticity.RNNState:
