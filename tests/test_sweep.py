@@ -9,6 +9,7 @@ import pytest
 from absl import flags
 
 from train import a2c
+from train import inspect as agent_inspect
 from train import metrics as metrics_lib
 from train import sweep
 from train.config import HPARAM_FIELDS, a2c_defaults
@@ -92,6 +93,23 @@ def test_sweep_resume_rules(tmp_path):
   rows = sweep.run_sweep(tiny(resume=True, iterations=4), grid, workdir)
   assert len(rows) == 2
   assert len(metrics_lib.read_csv(os.path.join(workdir, "metrics.csv"))) == 4
+
+
+def test_agent_hparams_and_inspect_use_the_agents_own_setting(tmp_path):
+  workdir = str(tmp_path)
+  grid = [{"clip_value": 0.01}, {"clip_value": 10.0}]
+  sweep.run_sweep(tiny(num_seeds=1), grid, workdir)
+  config = a2c.restore_state(workdir)[0]
+  assert [float(sweep.agent_hparams(config, workdir, a).clip_value) for a in (0, 1)] == [
+      pytest.approx(0.01), 10.0]
+  assert float(sweep.agent_hparams(config, str(tmp_path / "nope"), 1).clip_value) == (
+      config.clip_value)  # Not a sweep: the config's own values.
+  own = agent_inspect.run_episode(workdir, seed_index=1)[2]
+  # The same agent's weights under the other setting's clip value behave differently.
+  (tmp_path / "sweep.json").write_text(json.dumps(
+      {"grid": [grid[0], grid[0]], "seeds_per_setting": 1}))
+  other = agent_inspect.run_episode(workdir, seed_index=1)[2]
+  assert not np.allclose(own["value"], other["value"])
 
 
 def parse(*args):

@@ -18,6 +18,7 @@ import jax
 import numpy as np
 
 from train import a2c
+from train import sweep
 
 
 # One recorded episode (batch element 0) as NumPy arrays. Keys: `modulation`
@@ -32,7 +33,8 @@ def run_episode(workdir: str, seed_index: int = 0, key: Optional[jax.Array] = No
 
   Args:
     workdir: a `train.a2c` workdir.
-    seed_index: which of the run's `num_seeds` agents.
+    seed_index: which of the run's `num_seeds` agents (of a `train.sweep`
+      workdir: agent index `g*S + s`, run with setting g's hyperparameters).
     key: PRNG key of the episode (default `jax.random.key(1234)`).
     step: checkpoint iteration (default: the latest).
 
@@ -47,7 +49,7 @@ def run_episode(workdir: str, seed_index: int = 0, key: Optional[jax.Array] = No
   params = jax.tree.map(lambda x: x[seed_index], state.params)
   key = jax.random.key(1234) if key is None else key
   rollout = jax.jit(lambda p, k, h: learner.rollout(p, k, h, 1, record=True))
-  hparams = config.hparams()
+  hparams = sweep.agent_hparams(config, workdir, seed_index)  # A sweep's own setting.
   rollout = a2c.compile_fn(rollout, config, params, key, hparams)
   trajectory = jax.device_get(rollout(params, key, hparams))
   first = lambda x: np.asarray(x)[:, 0]  # [T, B, ...] -> [T, ...]

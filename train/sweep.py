@@ -30,6 +30,7 @@ import json
 import os
 from typing import Any, Optional, Sequence
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -96,6 +97,28 @@ def stack_hparams(config: A2CConfig, grid: Sequence[Setting],
   return HParams(**leaves)
 
 
+def load_sweep(workdir: str) -> Optional[tuple[list[Setting], int]]:
+  """(grid, seeds per setting) from a workdir's sweep.json; None if it is not a sweep."""
+  path = os.path.join(workdir, SWEEP_JSON)
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    saved = json.load(f)
+  return list(saved["grid"]), int(saved["seeds_per_setting"])
+
+
+def agent_hparams(config: A2CConfig, workdir: str, agent: int) -> HParams:
+  """The hyperparameters agent `agent` of a `train.a2c`/`train.sweep` workdir was trained with.
+
+  For a sweep, its setting's values (config.json holds only the base values);
+  otherwise `config.hparams()`.
+  """
+  sweep = load_sweep(workdir)
+  if sweep is None:
+    return config.hparams()
+  return jax.tree.map(lambda leaf: leaf[agent], stack_hparams(config, *sweep))
+
+
 def summarize(workdir: str, grid: Sequence[Setting], seeds_per_setting: int,
               fraction: float = 0.1) -> list[dict[str, Any]]:
   """Per setting: its values, final median reward over its seeds, 25th/75th percentiles."""
@@ -145,15 +168,11 @@ def plot_sweep(workdir: str, grid: Sequence[Setting], seeds_per_setting: int, ou
 
 def _check_saved_sweep(workdir: str, grid: Sequence[Setting], seeds_per_setting: int,
                        resume: bool) -> None:
-  path = os.path.join(workdir, SWEEP_JSON)
-  if not (resume and os.path.exists(path)):
-    return
-  with open(path) as f:
-    saved = json.load(f)
-  if saved != {"grid": list(grid), "seeds_per_setting": seeds_per_setting}:
+  saved = load_sweep(workdir) if resume else None
+  if saved is not None and saved != (list(grid), seeds_per_setting):
     raise ValueError(
-        f"--resume with a sweep that differs from {path} (saved grid "
-        f"{saved.get('grid')} x {saved.get('seeds_per_setting')} seeds, now {list(grid)} "
+        f"--resume with a sweep that differs from {os.path.join(workdir, SWEEP_JSON)} "
+        f"(saved grid {saved[0]} x {saved[1]} seeds, now {list(grid)} "
         f"x {seeds_per_setting}). Resume with the same --sweep and --num_seeds or use "
         "a fresh workdir.")
 
@@ -225,20 +244,17 @@ def grid_and_config_from_flags(flag_values) -> tuple[list[Setting], A2CConfig]:
 
   On `--resume`, `--sweep` and `--num_seeds` not given come from sweep.json.
   """
-  saved: Optional[dict] = None
-  path = os.path.join(flag_values["workdir"].value or "", SWEEP_JSON)
-  if flag_values["resume"].value and os.path.exists(path):
-    with open(path) as f:
-      saved = json.load(f)
+  saved = (load_sweep(flag_values["workdir"].value or "")
+           if flag_values["resume"].value else None)
   config = a2c.config_from_flags(flag_values)
   if flag_values["sweep"].value:
     grid = parse_sweep(flag_values["sweep"].value)
   elif saved is not None:
-    grid = saved["grid"]
+    grid = saved[0]
   else:
     grid = parse_sweep([])  # Raises: --sweep is required.
   if saved is not None and not flag_values["num_seeds"].present:
-    config = config.replace(num_seeds=int(saved["seeds_per_setting"]))
+    config = config.replace(num_seeds=saved[1])
   check_grid(config, grid)
   return grid, config
 
