@@ -38,7 +38,7 @@ if [[ "${GPU_CHECK_SMOKE:-0}" == "1" ]]; then
   SIZE=(--hidden_size=8 --batch_size=4 --episode_length=12 --chunk_size=5 --checkpoint_every=5)
   ITERS=10; LEARN_S=120; SEEDS=2
 else
-  SIZE=(--chunk_size=200 --checkpoint_every=1000)  # Paper sizes: H=200, B=30, T=200.
+  SIZE=(--chunk_size=200 --checkpoint_every=1000)  # Env defaults: H=200, B=30, T=120.
   ITERS=100000; LEARN_S=150; SEEDS=8
 fi
 
