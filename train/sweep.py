@@ -97,6 +97,12 @@ def stack_hparams(config: A2CConfig, grid: Sequence[Setting],
   return HParams(**leaves)
 
 
+def save_sweep(workdir: str, grid: Sequence[Setting], seeds_per_setting: int) -> None:
+  """Writes the workdir's sweep.json (read back by `load_sweep`)."""
+  with open(os.path.join(workdir, SWEEP_JSON), "w") as f:
+    json.dump({"grid": list(grid), "seeds_per_setting": seeds_per_setting}, f, indent=2)
+
+
 def load_sweep(workdir: str) -> Optional[tuple[list[Setting], int]]:
   """(grid, seeds per setting) from a workdir's sweep.json; None if it is not a sweep."""
   path = os.path.join(workdir, SWEEP_JSON)
@@ -202,9 +208,8 @@ def run_sweep(config: A2CConfig, grid: Sequence[Setting], workdir: str,
   for g, setting in enumerate(grid):
     print(f"  setting {g} (agents {g * seeds_per_setting}-"
           f"{(g + 1) * seeds_per_setting - 1}): {label(setting)}", flush=True)
-  if not config.resume or not os.path.exists(os.path.join(workdir, SWEEP_JSON)):
-    with open(os.path.join(workdir, SWEEP_JSON), "w") as f:
-      json.dump({"grid": grid, "seeds_per_setting": seeds_per_setting}, f, indent=2)
+  if not config.resume or load_sweep(workdir) is None:
+    save_sweep(workdir, grid, seeds_per_setting)
   a2c.train_and_evaluate(agents, workdir, hparams)
   rows = summarize(workdir, grid, seeds_per_setting)
   fieldnames = list(dict.fromkeys(k for row in rows for k in row))
