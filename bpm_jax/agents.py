@@ -60,18 +60,20 @@ class ActorCritic(nn.Module):
                            bias_init=bias_init)
     self.value = nn.Dense(1, kernel_init=torch_kernel_init, bias_init=bias_init)
 
-  def __call__(self, carry: plasticity.RNNState,
-               obs: Array) -> tuple[plasticity.RNNState, tuple[Array, Array, Array]]:
-    """One step.
+  def __call__(self, carry: plasticity.RNNState, obs: Array, sequence: bool = False
+               ) -> tuple[plasticity.RNNState, tuple[Array, Array, Array]]:
+    """One step, or T steps of recorded observations.
 
     Args:
       carry: RNNState with batch dims [B] (h [B, H], traces [B, H, H]).
-      obs: [B, I] observations.
+      obs: [B, I] observations, or [T, B, I] with `sequence=True`.
+      sequence: replay a whole time-major sequence (the outputs get a leading
+        T axis); see `PlasticRNNCell.__call__`.
 
     Returns:
       (new carry, (logits [B, A], value [B], m [B, K])).
     """
-    carry, (h, m) = self.cell(carry, obs)
+    carry, (h, m) = self.cell(carry, obs, sequence)
     return carry, (self.policy(h), self.value(h)[..., 0], m)
 
   @nn.nowrap

@@ -100,11 +100,23 @@ def check_modulators(owner: str, config: PlasticityConfig, post: int) -> None:
         "modulators or fan_out=True.")
 
 
-STEP_IMPLS = ("reference", "fast")
+STEP_IMPLS = ("reference", "fast", "fused")
+
+
+def check_step_impl(owner: str, step_impl: str, config: PlasticityConfig) -> None:
+  """Raises a ValueError for an unknown `step_impl` or one that cannot run `config`."""
+  check_choice(owner, "step_impl", step_impl, STEP_IMPLS)
+  if step_impl == "fused" and config.is_plastic:
+    from bpm_jax import fused_step  # pylint: disable=g-import-not-at-top
+    fused_step.check_supported(config)
 
 
 def rnn_step_impl(name: str) -> Callable:
-  """The plastic RNN step function for `step_impl` name (same signature)."""
+  """The per-episode plastic RNN step for `step_impl` name (same signature).
+
+  `fused` has no per-episode form (its kernels take the whole batch); the
+  cell calls `fused_step.rnn_step_fused` on the batch directly.
+  """
   if name == "fast":
     from bpm_jax import fast_step  # pylint: disable=g-import-not-at-top
     return fast_step.rnn_step_fast
@@ -164,6 +176,30 @@ def batched(step: Callable, batch_shape: tuple[int, ...]) -> Callable:
   return run
 
 
+def _fused_batched(params: plasticity.PlasticParams, state: plasticity.RNNState,
+                   x_drive: Array, config: PlasticityConfig, clip_value: Any,
+                   sequence: bool):
+  """The fused kernels over any leading batch dims (none: a batch of 1).
+
+  x_drive: [..., H], or [T, ..., H] with `sequence`.
+  """
+  from bpm_jax import fused_step  # pylint: disable=g-import-not-at-top
+  batch_shape = state.h.shape[:-1]
+  size = math.prod(batch_shape)
+  flat = lambda t, lead=0: t.reshape(t.shape[:lead] + (size,)
+                                     + t.shape[lead + len(batch_shape):])
+  state = jax.tree.map(flat, state)
+  if sequence:
+    out = fused_step.rnn_sequence_fused(params, state, flat(x_drive, 1), config,
+                                        clip_value)
+    state, (h, m) = out
+    unflat = lambda t, lead=0: t.reshape(t.shape[:lead] + batch_shape
+                                         + t.shape[lead + 1:])
+    return jax.tree.map(unflat, state), (unflat(h, 1), unflat(m, 1))
+  out = fused_step.rnn_step_fused(params, state, flat(x_drive), config, clip_value)
+  return jax.tree.map(lambda t: t.reshape(batch_shape + t.shape[1:]), out)
+
+
 class PlasticRNNCell(nn.RNNCellBase):
   """Plastic recurrent layer: h_t = tanh(x W_in + b + h_tm1 (W + alpha Hebb)).
 
@@ -177,9 +213,11 @@ class PlasticRNNCell(nn.RNNCellBase):
       `retromod`): 0.1 (cue-reward) / 0.01 (maze).
     plain_eta_init: initial rate of the non-modulated half.
     return_modulation: if True the output is `(h [..., H], m [..., K])`.
-    step_impl: `reference` (plain autodiff of `plasticity.rnn_step`) or
+    step_impl: `reference` (plain autodiff of `plasticity.rnn_step`),
       `fast` (`bpm_jax.fast_step.rnn_step_fast`: same numbers, a hand-written
-      backward pass that saves far less per step).
+      backward pass that saves far less per step) or `fused`
+      (`bpm_jax.fused_step.rnn_step_fused`: C++ CPU kernels over the whole
+      batch, the papers' configurations only; equal to float32 rounding).
   """
 
   hidden_size: int
@@ -196,12 +234,20 @@ class PlasticRNNCell(nn.RNNCellBase):
   def __post_init__(self):
     check_positive(type(self).__name__, "hidden_size", self.hidden_size)
     check_modulators(type(self).__name__, self.config, self.hidden_size)
-    check_choice(type(self).__name__, "step_impl", self.step_impl, STEP_IMPLS)
+    check_step_impl(type(self).__name__, self.step_impl, self.config)
     super().__post_init__()
 
   @nn.compact
-  def __call__(self, carry: plasticity.RNNState, x: Array):
-    """carry: RNNState with leading batch dims; x: [..., I]."""
+  def __call__(self, carry: plasticity.RNNState, x: Array, sequence: bool = False):
+    """One step, or a whole sequence.
+
+    Args:
+      carry: RNNState with leading batch dims.
+      x: [..., I] inputs of one step, or [T, ..., I] with `sequence=True`.
+      sequence: run T steps (time-major `x`); h and m get a leading T axis.
+        With `step_impl="fused"` the T steps are one kernel call per
+        direction (`fused_step.rnn_sequence_fused`), else a `lax.scan`.
+    """
     hsize = self.hidden_size
     x_drive = nn.Dense(hsize, kernel_init=torch_kernel_init,
                        bias_init=torch_bias_init(x.shape[-1]),
@@ -209,13 +255,19 @@ class PlasticRNNCell(nn.RNNCellBase):
     params = declare_plastic_params(self, hsize, hsize, self.config, self.w_init,
                                     self.alpha_init, self.eta_init,
                                     self.plain_eta_init, self.param_dtype)
+    fused = self.step_impl == "fused" and self.config.is_plastic
+    if fused:
+      carry, (h, m) = _fused_batched(params, carry, x_drive, self.config,
+                                     self.clip_value, sequence)
+    else:
+      rnn_step = rnn_step_impl(self.step_impl)
 
-    rnn_step = rnn_step_impl(self.step_impl)
+      def step(state, xd):
+        return batched(lambda p, s, x: rnn_step(p, s, x, self.config, self.clip_value),
+                       xd.shape[:-1])(params, state, xd)
 
-    def step(p, state, xd):
-      return rnn_step(p, state, xd, self.config, self.clip_value)
-
-    carry, (h, m) = batched(step, x.shape[:-1])(params, carry, x_drive)
+      carry, (h, m) = (jax.lax.scan(step, carry, x_drive) if sequence
+                       else step(carry, x_drive))
     self.sow("intermediates", "modulation", m)
     return carry, ((h, m) if self.return_modulation else h)
 

@@ -1,0 +1,234 @@
+"""The fused C++ kernels (`fused_step`) against autodiff of `plasticity.rnn_step`.
+
+The kernels compute in float32 and sum in their own order, so they agree with
+the reference to float32 rounding: the random networks here are scaled so
+that 10-step episodes are not chaotic, and tolerances are relative to each
+array's largest entry.
+"""
+
+import functools
+import shutil
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from bpm_jax import cells
+from bpm_jax import fused_step
+from bpm_jax import plasticity
+from bpm_jax.config import PlasticityConfig
+from tests import plastic_params
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("g++") is None,
+    reason="no C++ compiler (g++): the fused kernels cannot be built here")
+
+B, H, T = 3, 7, 10
+CLIP = 0.7
+NETWORKS = ["plastic", "modplast", "retromod"]
+
+
+def params_for(network, seed=0):
+  config = PlasticityConfig(network=network)
+  p = plastic_params.random_params(config, H, H, seed, w_scale=0.3)
+  return config, p.replace(alpha=p.alpha * 0.5)
+
+
+def random_state(config, seed=1, scale=0.9):
+  """h, Hebb (and E) with entries beyond +-CLIP, so the clip acts."""
+  rng = np.random.default_rng(seed)
+  f = lambda *shape: jnp.asarray(rng.uniform(-scale, scale, shape), jnp.float32)
+  traces = plasticity.Traces(hebb=f(B, H, H),
+                             elig=f(B, H, H) if config.has_eligibility else None)
+  return plasticity.RNNState(h=f(B, H), traces=traces)
+
+
+def reference_step(params, state, x, config, clip):
+  return jax.vmap(lambda s, xi: plasticity.rnn_step(params, s, xi, config, clip))(
+      state, x)
+
+
+def weighted_sum(tree, seed):
+  """A loss that sends a distinct cotangent into every entry of every leaf."""
+  total = 0.0
+  for k, leaf in enumerate(jax.tree.leaves(tree)):
+    w = jnp.sin(jnp.arange(leaf.size, dtype=leaf.dtype) * (0.37 + 0.1 * k) + seed)
+    total = total + jnp.sum(jnp.sin(leaf) * w.reshape(leaf.shape))
+  return total
+
+
+def assert_close(actual, desired, rtol):
+  """Leafwise |a - d| <= rtol * max(max |d|, 0.1).
+
+  The floor is for sums that cancel to nearly 0 (e.g. the clip value's
+  gradient, a sum of +-terms of order 0.1-1): their rounding error is set by
+  the terms, not by the small result.
+  """
+  assert jax.tree.structure(actual) == jax.tree.structure(desired)
+  for a, d in zip(jax.tree.leaves(actual), jax.tree.leaves(desired)):
+    a, d = np.asarray(a), np.asarray(d)
+    assert a.shape == d.shape and a.dtype == d.dtype
+    scale = max(np.max(np.abs(d)), 0.1)
+    np.testing.assert_allclose(a, d, atol=rtol * scale, rtol=0)
+
+
+@pytest.mark.parametrize("network", NETWORKS)
+def test_one_step_forward_and_gradients_match_autodiff(network):
+  config, params = params_for(network)
+  state = random_state(config)
+  x = jnp.asarray(np.random.default_rng(2).normal(0, 1, (B, H)), jnp.float32)
+
+  def loss(step, params, state, x, clip):
+    return weighted_sum(step(params, state, x, config, clip), 0)
+
+  args = (params, state, x, jnp.float32(CLIP))
+  ref = jax.jit(jax.value_and_grad(functools.partial(loss, reference_step),
+                                   argnums=(0, 1, 2, 3)))(*args)
+  got = jax.jit(jax.value_and_grad(functools.partial(loss, fused_step.rnn_step_fused),
+                                   argnums=(0, 1, 2, 3)))(*args)
+  assert_close(got, ref, rtol=1e-5)  # scalar sums over B*H*H terms
+  out = fused_step.rnn_step_fused(params, state, x, config, CLIP)
+  assert_close(out, reference_step(params, state, x, config, CLIP), rtol=1e-6)
+  # The clip is active in some entries, so its branches and c's gradient count.
+  hebb = np.abs(np.asarray(out[0].traces.hebb))
+  assert np.any(hebb == np.float32(CLIP)) and np.any(hebb < CLIP)
+  assert abs(float(ref[1][3])) > 1e-3
+
+
+def scan_loss(step, params, x_drives, clip, config):
+  def body(state, x):
+    return step(params, state, x, config, clip)
+  zero = plasticity.RNNState(
+      h=jnp.zeros((B, H)),
+      traces=jax.tree.map(lambda t: jnp.broadcast_to(t, (B,) + t.shape),
+                          plasticity.init_traces(config, H, H, jnp.float32)))
+  final, outputs = lax.scan(body, zero, x_drives)
+  return weighted_sum((final, outputs), 1), (final, outputs)
+
+
+def sequence_loss(params, x_drives, clip, config):
+  zero = plasticity.RNNState(
+      h=jnp.zeros((B, H)),
+      traces=jax.tree.map(lambda t: jnp.broadcast_to(t, (B,) + t.shape),
+                          plasticity.init_traces(config, H, H, jnp.float32)))
+  final, outputs = fused_step.rnn_sequence_fused(params, zero, x_drives, config, clip)
+  return weighted_sum((final, outputs), 1), (final, outputs)
+
+
+@pytest.mark.parametrize("network", NETWORKS)
+def test_episode_step_and_sequence_kernels_match_autodiff(network):
+  """T steps: scanned step kernel, sequence kernel and the reference agree;
+  the two kernels' forward passes are the same arithmetic, bit for bit."""
+  config, params = params_for(network)
+  x_drives = jnp.asarray(np.random.default_rng(3).normal(0, 1, (T, B, H)), jnp.float32)
+  grad = lambda fn: jax.jit(jax.value_and_grad(fn, argnums=(0, 1, 2), has_aux=True))(
+      params, x_drives, jnp.float32(CLIP))
+  ref = grad(lambda *a: scan_loss(reference_step, *a, config))
+  step = grad(lambda *a: scan_loss(fused_step.rnn_step_fused, *a, config))
+  seq = grad(lambda *a: sequence_loss(*a, config))
+  assert_close(step, ref, rtol=2e-5)
+  assert_close(seq, ref, rtol=2e-5)
+  for a, b in zip(jax.tree.leaves(step[0][1]), jax.tree.leaves(seq[0][1])):
+    np.testing.assert_array_equal(a, b)
+  assert np.abs(np.asarray(ref[1][0].alpha)).max() > 1e-3
+
+
+@pytest.mark.parametrize("network", ["modplast", "retromod"])
+def test_clip_ties_give_half_the_cotangent_as_jnp_clip(network):
+  """Hebb_tm1 = +-c with a zero update (h_tm1 rows of 0): JAX's gradient is 0.5."""
+  config, params = params_for(network)
+  state = random_state(config, scale=0.5)
+  h = np.array(state.h)
+  h[:, [0, 3]] = 0.0
+  hebb = np.array(state.traces.hebb)
+  hebb[:, 0, :2] = CLIP
+  hebb[:, 3, 2:4] = -CLIP
+  if config.has_eligibility:
+    elig = np.array(state.traces.elig)
+    elig[:, 0, :2] = elig[:, 3, 2:4] = 0.0   # zero retromod update there
+    state = state.replace(traces=state.traces.replace(elig=jnp.asarray(elig)))
+  state = state.replace(h=jnp.asarray(h),
+                        traces=state.traces.replace(hebb=jnp.asarray(hebb)))
+  x = jnp.asarray(np.random.default_rng(4).normal(0, 1, (B, H)), jnp.float32)
+
+  def g_old_hebb(step):
+    loss = lambda s, c: jnp.sum(step(params, s, x, config, c)[0].traces.hebb)
+    return jax.grad(loss, argnums=(0, 1))(state, jnp.float32(CLIP))
+
+  ref, got = g_old_hebb(reference_step), g_old_hebb(fused_step.rnn_step_fused)
+  np.testing.assert_allclose(got[0].traces.hebb[:, 0, :2], 0.5)
+  assert_close(got, ref, rtol=1e-5)
+
+
+def test_vmap_over_agents_equals_one_call_per_agent():
+  """Under vmap (seeds, sweeps) the kernels run once per agent."""
+  config, _ = params_for("modplast")
+  agents = [params_for("modplast", seed)[1] for seed in (0, 5)]
+  stacked = jax.tree.map(lambda *a: jnp.stack(a), *agents)
+  x_drives = jnp.asarray(np.random.default_rng(6).normal(0, 1, (T, B, H)), jnp.float32)
+  clips = jnp.asarray([0.7, 0.5], jnp.float32)
+
+  def grads(p, c):
+    return jax.grad(lambda p, c: sequence_loss(p, x_drives, c, config)[0],
+                    argnums=(0, 1))(p, c)
+
+  batched = jax.jit(jax.vmap(grads))(stacked, clips)
+  for k, p in enumerate(agents):
+    single = jax.jit(grads)(p, clips[k])
+    for a, b in zip(jax.tree.leaves(batched), jax.tree.leaves(single)):
+      np.testing.assert_allclose(a[k], b, rtol=1e-6, atol=1e-7)
+
+
+def test_cell_fused_step_and_sequence_equal_reference():
+  """`PlasticRNNCell(step_impl="fused")`: step by step and `sequence=True`."""
+  config = PlasticityConfig(network="retromod")
+  x = jnp.asarray(np.random.default_rng(7).normal(0, 1, (T, 2, B, 5)), jnp.float32)
+  make = lambda impl: cells.PlasticRNNCell(hidden_size=H, config=config, step_impl=impl,
+                                           alpha_init=nn.initializers.uniform(0.5))
+  carry = make("reference").initialize_carry(None, (2, B, 5))
+  params = make("reference").init(jax.random.key(0), carry, x[0])
+
+  def run(impl, sequence):
+    cell = make(impl)
+    if sequence:
+      return cell.apply(params, carry, x, sequence=True)
+    return lax.scan(lambda c, xt: cell.apply(params, c, xt), carry, x)
+
+  ref = jax.jit(lambda: run("reference", False))()
+  for impl, sequence in (("fused", False), ("fused", True), ("fast", True)):
+    assert_close(jax.jit(lambda: run(impl, sequence))(), ref, rtol=1e-5)
+
+
+@pytest.mark.parametrize("config, message", [
+    (PlasticityConfig(network="modplast", rule="decay"), "rule='decay'"),
+    (PlasticityConfig(network="plastic", alpha_kind="single"), "alpha_kind='single'"),
+    (PlasticityConfig(network="modplast", fan_out=True), "fan_out"),
+    (PlasticityConfig(network="retromod", modulation_fn="sigmoid"), "modulation_fn"),
+    (PlasticityConfig(network="plastic", eta_kind="full"), "eta_kind='full'"),
+])
+def test_unsupported_configs_name_the_setting_and_the_fix(config, message):
+  with pytest.raises(ValueError, match=message) as info:
+    cells.PlasticRNNCell(hidden_size=4, config=config, step_impl="fused")
+  assert "step_impl='fast'" in str(info.value)
+
+
+def test_bad_inputs_are_rejected_with_the_reason():
+  config, params = params_for("plastic")
+  state = random_state(config)
+  x = jnp.zeros((B, H), jnp.float32)
+  with pytest.raises(ValueError, match="float32"):
+    fused_step.rnn_step_fused(jax.tree.map(lambda a: a.astype(jnp.bfloat16), params),
+                              state, x, config, CLIP)
+  with pytest.raises(ValueError, match=r"\[T, B, H\]"):
+    fused_step.rnn_sequence_fused(params, state, x, config, CLIP)
+
+
+def test_missing_compiler_is_a_clear_error(monkeypatch, tmp_path):
+  monkeypatch.setenv("CXX", "no-such-compiler-xyz")
+  monkeypatch.setenv("BPM_JAX_CACHE", str(tmp_path))
+  with pytest.raises(RuntimeError, match="no-such-compiler-xyz.*step_impl='fast'"):
+    fused_step.library_path.__wrapped__()
+  assert not list(tmp_path.iterdir())
