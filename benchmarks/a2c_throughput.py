@@ -3,6 +3,7 @@
     flock /tmp/bench.lock python -m benchmarks.a2c_throughput
     python -m benchmarks.a2c_throughput --envs=CueReward-v0 --networks=modplast \
         --step_impls=reference,fast --remat=false,true --iterations=3
+    python -m benchmarks.a2c_throughput --step_impls=fused   # the default on CPU
 
 For each (env, network, step_impl, remat) this compiles one jitted chunk of
 `--iterations` A2C iterations (batch 30; maze H=100 T=200; cue-reward H=200
@@ -35,7 +36,9 @@ REFERENCE_S_PER_IT = {
 FLAGS = flags.FLAGS
 flags.DEFINE_list("envs", ["GridMaze-v0", "CueReward-v0"], "Environments.")
 flags.DEFINE_list("networks", ["rnn", "plastic", "modplast", "retromod"], "Network types.")
-flags.DEFINE_list("step_impls", ["reference", "fast"], "Plastic step implementations.")
+flags.DEFINE_list("step_impls", ["reference", "fast", "fused"],
+                  "Plastic step implementations (fused: C++ CPU kernels, see "
+                  "bpm_jax/fused_step.py; it needs a C++ compiler).")
 flags.DEFINE_list("remat", ["false"], "jax.checkpoint the rollout step: false and/or true.")
 flags.DEFINE_integer("iterations", 3, "Timed iterations (one jitted chunk).", lower_bound=1)
 flags.DEFINE_integer("batch_size", 30, "B.", lower_bound=1)

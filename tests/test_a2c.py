@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from absl import flags
 
+from bpm_jax import fused_step
 from train import a2c
 from train import checkpoint as checkpoint_lib
 from train import inspect as agent_inspect
@@ -145,6 +146,52 @@ def test_step_impls_and_remat_give_the_same_loss_and_gradients(network):
     for x, y in zip(jax.tree.leaves(grads[0]), jax.tree.leaves(other), strict=True):
       np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6)
   assert np.abs(np.asarray(grads[0]["params"]["cell"]["alpha"])).max() > 0
+
+
+@pytest.mark.skipif(not fused_step.available(), reason="fused kernel cannot build here")
+@pytest.mark.parametrize("network", ["plastic", "modplast", "retromod"])
+def test_fused_replay_reproduces_the_rollout_and_its_gradient(network):
+  """`step_impl=fused`: the loss replays the rollout's observations through the
+  sequence kernel: the same log pi(a_t), V_t and m_t (to float32 rounding), and
+  the gradient of the step-by-step `fast` rollout."""
+  config = tiny(network=network, step_impl="fused")
+  assert a2c.replays_rollout(config)
+  learner, fast = a2c.make_learner(config), a2c.make_learner(
+      config.replace(step_impl="fast"))
+  hp = config.hparams()
+  params = jax.tree.map(lambda x: x[0], a2c.init_state(config).params)
+  key = jax.random.key(5)
+
+  def both(params, key):
+    rolled = learner.rollout(params, key, hp, config.batch_size)
+    _, (_, replayed) = learner.loss(params, key, hp)
+    grads = [jax.grad(lambda p, l=l: l.loss(p, key, hp)[0])(params)
+             for l in (learner, fast)]
+    return rolled, replayed, grads
+
+  rolled, replayed, (got, want) = a2c.compile_fn(jax.jit(both), config, params, key)(
+      params, key)
+  for field in ("action", "reward", "obs"):
+    np.testing.assert_array_equal(getattr(replayed, field), getattr(rolled, field))
+  # The same kernels; the dense layers see [T, B, .] instead of [B, .] at a
+  # time, which may round differently in the last bit.
+  for field in ("log_prob", "concentration", "modulation", "value"):
+    np.testing.assert_allclose(getattr(replayed, field), getattr(rolled, field),
+                               rtol=1e-5, atol=1e-6)
+  for x, y in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+    np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6)
+  assert np.abs(np.asarray(got["params"]["cell"]["alpha"])).max() > 0
+
+
+def test_auto_step_impl_resolves_and_fused_rejects_what_it_cannot_run():
+  fused = "fused" if fused_step.available() else "fast"
+  assert A2CConfig(network="modplast").step_impl == fused
+  assert A2CConfig(network="retromod", rule="clip").step_impl == fused
+  assert A2CConfig(network="rnn").step_impl == "fast"
+  assert A2CConfig(network="modplast", rule="decay").step_impl == "fast"
+  assert A2CConfig(network="modplast", step_impl="reference").step_impl == "reference"
+  with pytest.raises(ValueError, match="--step_impl=fused.*rule='oja'.*step_impl='fast'"):
+    A2CConfig(network="plastic", rule="oja", step_impl="fused")
 
 
 def test_batch_groups_average_the_gradients_of_their_groups():

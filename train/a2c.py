@@ -90,6 +90,7 @@ class Trajectory:
     entropy: [T, B] -sum_a pi_t(a) log pi_t(a).
     action: [T, B] int32 sampled actions.
     modulation: [T, B, K] m(t) (zeros for non-modulated networks).
+    obs: [T, B, I] the observations the agent acted on.
     env_state: env states seen at each step, leaves [T, B, ...] (only with
       `record=True`, else None).
     info: the env's per-step info dict, leaves [T, B] (with `record=True`).
@@ -102,6 +103,7 @@ class Trajectory:
   entropy: Array
   action: Array
   modulation: Array
+  obs: Array
   env_state: Any = None
   info: Any = None
 
@@ -155,6 +157,27 @@ def regulariser(trajectory: Trajectory, entropy_kind: str) -> Array:
   if entropy_kind == "entropy":
     return -trajectory.entropy
   raise ValueError(f"entropy_kind={entropy_kind!r}; choose concentration or entropy.")
+
+
+def policy_terms(logits: Array, action: Array) -> dict[str, Array]:
+  """log pi(a), sum_a pi(a)^2 and H(pi) of [..., A] logits at the [...] actions."""
+  log_pi = jax.nn.log_softmax(logits)
+  pi = jnp.exp(log_pi)
+  return dict(log_prob=jnp.take_along_axis(log_pi, action[..., None], axis=-1)[..., 0],
+              concentration=jnp.sum(pi**2, axis=-1),
+              entropy=-jnp.sum(pi * log_pi, axis=-1))
+
+
+def replays_rollout(config: A2CConfig) -> bool:
+  """Whether the loss differentiates a replay of the rollout (`step_impl=fused`).
+
+  The rollout samples actions step by step; the fused kernels are fastest
+  when they see all T steps at once, so with `fused` the rollout runs without
+  gradients and the loss replays its observations through
+  `fused_step.rnn_sequence_fused`. The actions, rewards and outputs are the
+  same; only the way the gradient is computed changes.
+  """
+  return config.step_impl == "fused" and config.plasticity.is_plastic
 
 
 def make_optimizer(hparams: HParams) -> optax.GradientTransformation:
@@ -275,14 +298,9 @@ def _make_learner(config: A2CConfig) -> Learner:
       next_obs, next_env_state, reward, _, info = jax.vmap(
           env.step_env, in_axes=(0, 0, 0, None))(
               jax.random.split(key_env, batch_size), env_state, action, env_params)
-      log_pi = jax.nn.log_softmax(logits)
-      pi = jnp.exp(log_pi)
       out = Trajectory(
-          log_prob=jnp.take_along_axis(log_pi, action[:, None], axis=1)[:, 0],
-          value=value, reward=reward,
-          concentration=jnp.sum(pi**2, axis=-1),
-          entropy=-jnp.sum(pi * log_pi, axis=-1),
-          action=action.astype(jnp.int32), modulation=m,
+          **policy_terms(logits, action), value=value, reward=reward,
+          action=action.astype(jnp.int32), modulation=m, obs=obs,
           env_state=env_state if record else None,
           info=info if record else None)
       return (agent_carry, next_env_state, next_obs), out
@@ -302,8 +320,26 @@ def _make_learner(config: A2CConfig) -> Learner:
                       key=jax.random.key_data(key_train),
                       iteration=jnp.zeros((), jnp.int32))
 
+  def replay(params: PyTree, trajectory: Trajectory, hparams: HParams) -> Trajectory:
+    """The agent's outputs on the recorded observations, as one sequence call.
+
+    The same numbers as the rollout's (the same kernel arithmetic; the dense
+    layers see [T, B, .] at once, which may round differently in the last
+    bit), differentiated through one fused sequence kernel instead of T steps.
+    """
+    agent = make_agent(hparams.clip_value)
+    carry = agent.initialize_carry(trajectory.obs.shape[1:2])
+    _, (logits, value, m) = agent.apply(params, carry, trajectory.obs, sequence=True)
+    return trajectory.replace(**policy_terms(logits, trajectory.action), value=value,
+                              modulation=m)
+
   def loss(params, key, hparams, batch_size=config.batch_size):
-    trajectory = rollout(params, key, hparams, batch_size)
+    if replays_rollout(config):
+      # Act without gradients, then differentiate one replay of the episode.
+      trajectory = rollout(jax.lax.stop_gradient(params), key, hparams, batch_size)
+      trajectory = replay(params, trajectory, hparams)
+    else:
+      trajectory = rollout(params, key, hparams, batch_size)
     penalty = regulariser(trajectory, config.entropy_kind)
     terms = a2c_loss(trajectory.log_prob, trajectory.value, trajectory.reward,
                      penalty, hparams.discount, hparams.value_coef,
