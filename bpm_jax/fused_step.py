@@ -181,6 +181,10 @@ def available() -> bool:
 def _check_inputs(config: PlasticityConfig, state: plasticity.RNNState, x: Array,
                   params: plasticity.PlasticParams, x_rank: int, name: str) -> None:
   check_supported(config)
+  if jax.default_backend() != "cpu":
+    raise ValueError(
+        f"step_impl='fused' runs on the CPU only (its kernels are C++), but JAX's "
+        f"backend is {jax.default_backend()!r}; use step_impl='fast' there.")
   if state.h.ndim != 2 or x.ndim != x_rank or x.shape[-2:] != state.h.shape:
     raise ValueError(
         f"{name}: state.h must be [B, H] and x_drive {'[T, B, H]' if x_rank == 3 else '[B, H]'}; "
@@ -275,14 +279,35 @@ def _shape(x: Array) -> jax.ShapeDtypeStruct:
   return jax.ShapeDtypeStruct(x.shape, x.dtype)
 
 
+def _kernel(target: str, network: str, out_shapes, aliases, *args):
+  """Calls an FFI target; under vmap (seeds, sweeps) once per batch entry.
+
+  aliases: {input index: output index} buffers the kernel updates in place.
+  """
+  return jax.ffi.ffi_call(target, out_shapes, vmap_method="sequential",
+                          input_output_aliases=aliases)(
+                              *args, network=np.int64(_NETWORK_CODE[network]))
+
+
+def _zero_unused(network: str, g_elig: Array, g_eta: Array, g_w_mod: Array,
+                 g_b_mod: Array) -> tuple[Array, Array, Array, Array]:
+  """Zero cotangents for the placeholders a network does not use (E, eta, w_mod, b_mod)."""
+  if network != "retromod":
+    g_elig = jnp.zeros_like(g_elig)
+  if network == "plastic":
+    g_w_mod, g_b_mod = jnp.zeros_like(g_w_mod), jnp.zeros_like(g_b_mod)
+  elif network == "modplast":
+    g_eta = jnp.zeros_like(g_eta)
+  return g_elig, g_eta, g_w_mod, g_b_mod
+
+
 def _call_forward(network, hebb, elig, h_tm1, x, w, alpha, eta, w_mod, b_mod, clip):
   out_shapes = (_shape(h_tm1), jax.ShapeDtypeStruct(hebb.shape[:1], hebb.dtype),
                 _shape(hebb), _shape(elig))
   # No aliasing here: the old traces are saved for the backward pass, and
   # aliasing made XLA copy them twice per step instead of once.
-  return jax.ffi.ffi_call("bpm_plastic_step_fwd", out_shapes, vmap_method="sequential")(
-      hebb, elig, h_tm1, x, w, alpha, eta, w_mod, b_mod, clip,
-      network=np.int64(_NETWORK_CODE[network]))
+  return _kernel("bpm_plastic_step_fwd", network, out_shapes, None,
+                 hebb, elig, h_tm1, x, w, alpha, eta, w_mod, b_mod, clip)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
@@ -301,22 +326,16 @@ def _fused_fwd(network, hebb, elig, h_tm1, x, w, alpha, eta, w_mod, b_mod, clip)
 def _fused_bwd(network, residuals, cotangents):
   hebb, elig, h_tm1, h, m, w, alpha, eta, w_mod, b_mod, clip = residuals
   g_h, g_m, g_hebb, g_elig = cotangents
-  out_shapes = (_shape(hebb), _shape(elig), _shape(h), _shape(h_tm1), _shape(w),
-                _shape(alpha), _shape(eta), _shape(w_mod), _shape(b_mod), _shape(clip))
+  out_shapes = tuple(map(_shape, (hebb, elig, h, h_tm1, w, alpha, eta, w_mod, b_mod,
+                                  clip)))
+  # The old traces' cotangents overwrite the new ones' (saves XLA a copy of
+  # [B, H, H] per step in the backward scan).
   (g_hebb_old, g_elig_old, g_x, g_h_tm1, g_w, g_alpha, g_eta, g_w_mod, g_b_mod,
-   g_clip) = jax.ffi.ffi_call(
-       # The old traces' cotangents overwrite the new ones' (saves XLA a copy
-       # of [B, H, H] per step in the backward scan).
-       "bpm_plastic_step_bwd", out_shapes, vmap_method="sequential",
-       input_output_aliases={10: 0, 11: 1})(
-       hebb, elig, h_tm1, h, m, w, alpha, eta, w_mod, clip, g_hebb, g_elig, g_h, g_m,
-       network=np.int64(_NETWORK_CODE[network]))
-  if network != "retromod":
-    g_elig_old = jnp.zeros_like(elig)
-  if network == "plastic":
-    g_w_mod, g_b_mod = jnp.zeros_like(w_mod), jnp.zeros_like(b_mod)
-  elif network == "modplast":
-    g_eta = jnp.zeros_like(eta)
+   g_clip) = _kernel("bpm_plastic_step_bwd", network, out_shapes, {10: 0, 11: 1},
+                     hebb, elig, h_tm1, h, m, w, alpha, eta, w_mod, clip, g_hebb,
+                     g_elig, g_h, g_m)
+  g_elig_old, g_eta, g_w_mod, g_b_mod = _zero_unused(network, g_elig_old, g_eta,
+                                                      g_w_mod, g_b_mod)
   return (g_hebb_old, g_elig_old, g_h_tm1, g_x, g_w, g_alpha, g_eta, g_w_mod, g_b_mod,
           g_clip)
 
@@ -333,9 +352,8 @@ def _call_sequence_forward(network, x, h0, hebb0, elig0, w, alpha, eta, w_mod, b
                 jax.ShapeDtypeStruct((steps,) + hebb0.shape, hebb0.dtype),
                 jax.ShapeDtypeStruct((steps,) + elig0.shape if retro else (1,),
                                      elig0.dtype))
-  return jax.ffi.ffi_call("bpm_plastic_seq_fwd", out_shapes, vmap_method="sequential")(
-      x, h0, hebb0, elig0, w, alpha, eta, w_mod, b_mod, clip,
-      network=np.int64(_NETWORK_CODE[network]))
+  return _kernel("bpm_plastic_seq_fwd", network, out_shapes, None,
+                 x, h0, hebb0, elig0, w, alpha, eta, w_mod, b_mod, clip)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
@@ -355,21 +373,15 @@ def _fused_sequence_fwd(network, x, h0, hebb0, elig0, w, alpha, eta, w_mod, b_mo
 def _fused_sequence_bwd(network, residuals, cotangents):
   h0, h, m, hebb_hist, elig_hist, w, alpha, eta, w_mod, b_mod, clip = residuals
   g_h, g_m, g_hebb, g_elig = cotangents
-  out_shapes = (_shape(h), _shape(h0), _shape(g_hebb), _shape(g_elig), _shape(w),
-                _shape(alpha), _shape(eta), _shape(w_mod), _shape(b_mod), _shape(clip))
+  out_shapes = tuple(map(_shape, (h, h0, g_hebb, g_elig, w, alpha, eta, w_mod, b_mod,
+                                  clip)))
+  # The running trace cotangents overwrite the final ones in place.
   (g_x, g_h0, g_hebb0, g_elig0, g_w, g_alpha, g_eta, g_w_mod, g_b_mod,
-   g_clip) = jax.ffi.ffi_call(
-       # The running trace cotangents overwrite the final ones in place.
-       "bpm_plastic_seq_bwd", out_shapes, vmap_method="sequential",
-       input_output_aliases={12: 2, 13: 3})(
-           h0, h, m, hebb_hist, elig_hist, w, alpha, eta, w_mod, clip, g_h, g_m,
-           g_hebb, g_elig, network=np.int64(_NETWORK_CODE[network]))
-  if network != "retromod":
-    g_elig0 = jnp.zeros_like(g_elig)
-  if network == "plastic":
-    g_w_mod, g_b_mod = jnp.zeros_like(w_mod), jnp.zeros_like(b_mod)
-  elif network == "modplast":
-    g_eta = jnp.zeros_like(eta)
+   g_clip) = _kernel("bpm_plastic_seq_bwd", network, out_shapes, {12: 2, 13: 3},
+                     h0, h, m, hebb_hist, elig_hist, w, alpha, eta, w_mod, clip, g_h,
+                     g_m, g_hebb, g_elig)
+  g_elig0, g_eta, g_w_mod, g_b_mod = _zero_unused(network, g_elig0, g_eta, g_w_mod,
+                                                   g_b_mod)
   return (g_x, g_h0, g_hebb0, g_elig0, g_w, g_alpha, g_eta, g_w_mod, g_b_mod, g_clip)
 
 
