@@ -280,11 +280,16 @@ def _shape(x: Array) -> jax.ShapeDtypeStruct:
 
 
 def _kernel(target: str, network: str, out_shapes, aliases, *args):
-  """Calls an FFI target; under vmap (seeds, sweeps) once per batch entry.
+  """Calls an FFI target.
+
+  Under `jax.vmap` (seeds, sweeps) every operand is broadcast to the same
+  leading dims and the kernel loops over those agents itself
+  ("broadcast_all"; "sequential" would copy each agent's outputs, e.g. the
+  576 MB trace history, into a stacked buffer).
 
   aliases: {input index: output index} buffers the kernel updates in place.
   """
-  return jax.ffi.ffi_call(target, out_shapes, vmap_method="sequential",
+  return jax.ffi.ffi_call(target, out_shapes, vmap_method="broadcast_all",
                           input_output_aliases=aliases)(
                               *args, network=np.int64(_NETWORK_CODE[network]))
 

@@ -176,10 +176,17 @@ def test_vmap_over_agents_equals_one_call_per_agent():
                     argnums=(0, 1))(p, c)
 
   batched = jax.jit(jax.vmap(grads))(stacked, clips)
+  # Nested vmaps (agents x clip values): the kernel sees [2, 2] leading dims.
+  nested = jax.jit(jax.vmap(jax.vmap(grads, in_axes=(None, 0)), in_axes=(0, None)))(
+      stacked, clips)
   for k, p in enumerate(agents):
-    single = jax.jit(grads)(p, clips[k])
-    for a, b in zip(jax.tree.leaves(batched), jax.tree.leaves(single)):
-      np.testing.assert_allclose(a[k], b, rtol=1e-6, atol=1e-7)
+    for j in range(2):
+      single = jax.jit(grads)(p, clips[j])
+      for a, b in zip(jax.tree.leaves(nested), jax.tree.leaves(single)):
+        np.testing.assert_allclose(a[k, j], b, rtol=1e-6, atol=1e-7)
+      if j == k:
+        for a, b in zip(jax.tree.leaves(batched), jax.tree.leaves(single)):
+          np.testing.assert_allclose(a[k], b, rtol=1e-6, atol=1e-7)
 
 
 def test_cell_fused_step_and_sequence_equal_reference():

@@ -331,38 +331,58 @@ void SumShards(const std::vector<ParamGrads>& shards, int64_t n, float* g_w,
   *g_clip = clip;
 }
 
-// Checks Hebb [..., B, H, H] (and E) and fills the weights; w may be null.
-ffi::Error MakeWeights(const F32& hebb, const F32& elig, const F32* w,
-                       const F32& alpha, const F32& eta, const F32& w_mod,
-                       float b_mod, const F32& clip, int64_t network,
-                       Weights* p) {
-  auto dims = hebb.dimensions();
+// Leading "agent" dims. Under `jax.vmap` (seeds, sweeps) every operand gets
+// the same leading dims (vmap_method="broadcast_all"), and each agent's
+// slice of each buffer is contiguous: agent a of a buffer of `count` entries
+// starts at a * count / num_agents.
+struct Agents {
+  int64_t num = 1;
+  template <typename Buf>
+  float* At(Buf& buf, int64_t a) const {
+    return const_cast<float*>(buf.typed_data()) + a * (buf.element_count() / num);
+  }
+  float* At(F32Ret* buf, int64_t a) const {  // result buffers
+    return (**buf).typed_data() + a * ((**buf).element_count() / num);
+  }
+};
+
+// Checks the shapes, finds H and the number of agents (from alpha
+// [..., H, H] and eta [...]) and the batch size B (per agent).
+ffi::Error Shapes(const F32& alpha, const F32& eta, const F32& h, int64_t network,
+                  int64_t* n, Agents* agents, int64_t* batch) {
+  auto dims = alpha.dimensions();
   const int64_t rank = dims.size();
-  if (rank < 3 || dims[rank - 1] != dims[rank - 2]) {
+  if (rank < 2 || dims[rank - 1] != dims[rank - 2]) {
     return ffi::Error::InvalidArgument(
-        "fused plastic kernel: Hebb must be [..., B, H, H].");
+        "fused plastic kernel: alpha must be [..., H, H].");
   }
   if (network < kPlastic || network > kRetromod) {
     return ffi::Error::InvalidArgument("fused plastic kernel: unknown network.");
   }
-  if (network == kRetromod && elig.element_count() != hebb.element_count()) {
+  *n = dims[rank - 1];
+  agents->num = eta.element_count();
+  if (agents->num < 1 || alpha.element_count() != agents->num * *n * *n ||
+      h.element_count() % (agents->num * *n) != 0) {
     return ffi::Error::InvalidArgument(
-        "fused plastic kernel: retromod needs E of Hebb's shape.");
+        "fused plastic kernel: operands do not share their leading dims.");
   }
-  p->n = dims[rank - 1];
-  if (alpha.element_count() != p->n * p->n || w_mod.element_count() != p->n ||
-      (w != nullptr && w->element_count() != p->n * p->n)) {
-    return ffi::Error::InvalidArgument(
-        "fused plastic kernel: W, alpha must be [H, H] and w_mod [H].");
-  }
-  p->network = network;
-  p->w = w != nullptr ? w->typed_data() : nullptr;
-  p->alpha = alpha.typed_data();
-  p->w_mod = w_mod.typed_data();
-  p->eta = eta.typed_data()[0];
-  p->b_mod = b_mod;
-  p->c = clip.typed_data()[0];
+  *batch = h.element_count() / (agents->num * *n);
   return ffi::Error::Success();
+}
+
+Weights AgentWeights(const Agents& ag, int64_t a, int64_t n, int64_t network,
+                     const F32* w, const F32& alpha, const F32& eta,
+                     const F32& w_mod, const float* b_mod, const F32& clip) {
+  Weights p;
+  p.n = n;
+  p.network = network;
+  p.w = w != nullptr ? ag.At(*w, a) : nullptr;
+  p.alpha = ag.At(alpha, a);
+  p.w_mod = ag.At(w_mod, a);
+  p.eta = ag.At(eta, a)[0];
+  p.b_mod = b_mod != nullptr ? b_mod[a] : 0.0f;
+  p.c = ag.At(clip, a)[0];
+  return p;
 }
 
 // ---------------------------------------------------------------- one step
@@ -371,29 +391,32 @@ ffi::Error StepFwdImpl(ffi::ThreadPool pool, F32 hebb, F32 elig, F32 h_tm1, F32 
                        F32 w, F32 alpha, F32 eta, F32 w_mod, F32 b_mod, F32 clip,
                        F32Ret h_out, F32Ret m_out, F32Ret hebb_out,
                        F32Ret elig_out, int64_t network) {
-  Weights p;
-  if (auto err = MakeWeights(hebb, elig, &w, alpha, eta, w_mod,
-                             b_mod.typed_data()[0], clip, network, &p);
-      err.failure()) {
+  int64_t n, batch;
+  Agents ag;
+  if (auto err = Shapes(alpha, eta, h_tm1, network, &n, &ag, &batch); err.failure()) {
     return err;
   }
-  const int64_t n = p.n, batch = h_tm1.element_count() / n;
   const bool retro = network == kRetromod;
-  const int64_t num_shards = NumShards(pool, batch);
-  ParallelFor(pool, num_shards, [&](int64_t shard) {
-    int64_t start, stop;
-    ShardRange(shard, num_shards, batch, &start, &stop);
-    std::vector<float> acc(n);
-    for (int64_t b = start; b < stop; ++b) {
-      const int64_t tr = b * n * n;
-      m_out->typed_data()[b] = StepForward(
-          p, h_tm1.typed_data() + b * n, x.typed_data() + b * n,
-          hebb.typed_data() + tr, retro ? elig.typed_data() + tr : nullptr,
-          h_out->typed_data() + b * n, hebb_out->typed_data() + tr,
-          retro ? elig_out->typed_data() + tr : nullptr, acc.data());
-    }
-  });
-  if (!retro) elig_out->typed_data()[0] = 0.0f;
+  const int64_t nn = n * n, num_shards = NumShards(pool, batch);
+  for (int64_t a = 0; a < ag.num; ++a) {
+    const Weights p = AgentWeights(ag, a, n, network, &w, alpha, eta, w_mod,
+                                   b_mod.typed_data(), clip);
+    const float *hb = ag.At(hebb, a), *e = ag.At(elig, a), *hp = ag.At(h_tm1, a),
+                *xa = ag.At(x, a);
+    float *h = ag.At(&h_out, a), *m = ag.At(&m_out, a), *hb_new = ag.At(&hebb_out, a),
+          *e_new = ag.At(&elig_out, a);
+    if (!retro) e_new[0] = 0.0f;
+    ParallelFor(pool, num_shards, [&](int64_t shard) {
+      int64_t start, stop;
+      ShardRange(shard, num_shards, batch, &start, &stop);
+      std::vector<float> acc(n);
+      for (int64_t b = start; b < stop; ++b) {
+        m[b] = StepForward(p, hp + b * n, xa + b * n, hb + b * nn,
+                           retro ? e + b * nn : nullptr, h + b * n, hb_new + b * nn,
+                           retro ? e_new + b * nn : nullptr, acc.data());
+      }
+    });
+  }
   return ffi::Error::Success();
 }
 
@@ -402,49 +425,51 @@ ffi::Error StepBwdImpl(ffi::ThreadPool pool, F32 hebb, F32 elig, F32 h_tm1,
                        F32 clip, F32 g_hebb_new, F32 g_elig_new, F32 g_h_in,
                        F32 g_m_in, F32Ret g_hebb_out, F32Ret g_elig_out,
                        F32Ret g_a_out, F32Ret g_h_tm1_out, F32Ret g_w_out,
-                       F32Ret g_alpha_out,
-                       F32Ret g_eta_out, F32Ret g_w_mod_out, F32Ret g_b_mod_out,
-                       F32Ret g_clip_out, int64_t network) {
-  Weights p;
-  if (auto err = MakeWeights(hebb, elig, &w, alpha, eta, w_mod, 0.0f, clip,
-                             network, &p);
-      err.failure()) {
+                       F32Ret g_alpha_out, F32Ret g_eta_out, F32Ret g_w_mod_out,
+                       F32Ret g_b_mod_out, F32Ret g_clip_out, int64_t network) {
+  int64_t n, batch;
+  Agents ag;
+  if (auto err = Shapes(alpha, eta, h_tm1, network, &n, &ag, &batch); err.failure()) {
     return err;
   }
-  const int64_t n = p.n, batch = h_tm1.element_count() / n;
   const bool retro = network == kRetromod;
-  const int64_t num_shards = NumShards(pool, batch);
-  std::vector<ParamGrads> shard_grads(num_shards);
-  ParallelFor(pool, num_shards, [&](int64_t shard) {
-    int64_t start, stop;
-    ShardRange(shard, num_shards, batch, &start, &stop);
-    ParamGrads& pg = shard_grads[shard];
-    pg.Reset(n, true);
-    std::vector<float> col(n), row(n), g_h(n);
-    for (int64_t b = start; b < stop; ++b) {
-      const int64_t tr = b * n * n;
-      float* g_tr = g_hebb_out->typed_data() + tr;
-      float* g_el = retro ? g_elig_out->typed_data() + tr : nullptr;
-      if (g_tr != g_hebb_new.typed_data() + tr) {  // not aliased: copy in
-        std::memcpy(g_tr, g_hebb_new.typed_data() + tr, n * n * sizeof(float));
+  const int64_t nn = n * n, num_shards = NumShards(pool, batch);
+  for (int64_t a = 0; a < ag.num; ++a) {
+    const Weights p = AgentWeights(ag, a, n, network, &w, alpha, eta, w_mod, nullptr,
+                                   clip);
+    const float *hb = ag.At(hebb, a), *e = ag.At(elig, a), *hp = ag.At(h_tm1, a),
+                *h = ag.At(h_in, a), *m = ag.At(m_in, a), *g_hn = ag.At(g_hebb_new, a),
+                *g_en = ag.At(g_elig_new, a), *g_hi = ag.At(g_h_in, a),
+                *g_m = ag.At(g_m_in, a);
+    float *g_ho = ag.At(&g_hebb_out, a), *g_eo = ag.At(&g_elig_out, a),
+          *g_x = ag.At(&g_a_out, a), *g_hp = ag.At(&g_h_tm1_out, a);
+    std::vector<ParamGrads> shard_grads(num_shards);
+    ParallelFor(pool, num_shards, [&](int64_t shard) {
+      int64_t start, stop;
+      ShardRange(shard, num_shards, batch, &start, &stop);
+      ParamGrads& pg = shard_grads[shard];
+      pg.Reset(n, true);
+      std::vector<float> col(n), row(n), g_h(n);
+      for (int64_t b = start; b < stop; ++b) {
+        float* g_tr = g_ho + b * nn;
+        float* g_el = retro ? g_eo + b * nn : nullptr;
+        if (g_tr != g_hn + b * nn) {  // not aliased: copy in
+          std::memcpy(g_tr, g_hn + b * nn, nn * sizeof(float));
+        }
+        if (retro && g_el != g_en + b * nn) {
+          std::memcpy(g_el, g_en + b * nn, nn * sizeof(float));
+        }
+        std::copy(g_hi + b * n, g_hi + (b + 1) * n, g_h.data());
+        StepBackward(p, hp + b * n, h + b * n, m[b], hb + b * nn,
+                     retro ? e + b * nn : nullptr, g_tr, g_el, g_h.data(), g_m[b],
+                     g_x + b * n, g_hp + b * n, pg, col.data(), row.data());
       }
-      if (retro && g_el != g_elig_new.typed_data() + tr) {
-        std::memcpy(g_el, g_elig_new.typed_data() + tr, n * n * sizeof(float));
-      }
-      std::copy(g_h_in.typed_data() + b * n, g_h_in.typed_data() + (b + 1) * n,
-                g_h.data());
-      StepBackward(p, h_tm1.typed_data() + b * n, h_in.typed_data() + b * n,
-                   m_in.typed_data()[b], hebb.typed_data() + tr,
-                   retro ? elig.typed_data() + tr : nullptr, g_tr, g_el,
-                   g_h.data(), g_m_in.typed_data()[b],
-                   g_a_out->typed_data() + b * n,
-                   g_h_tm1_out->typed_data() + b * n, pg, col.data(), row.data());
-    }
-  });
-  if (!retro) g_elig_out->typed_data()[0] = 0.0f;
-  SumShards(shard_grads, n, g_w_out->typed_data(), g_alpha_out->typed_data(),
-            g_w_mod_out->typed_data(), g_eta_out->typed_data(),
-            g_b_mod_out->typed_data(), g_clip_out->typed_data());
+    });
+    if (!retro) g_eo[0] = 0.0f;
+    SumShards(shard_grads, n, ag.At(&g_w_out, a), ag.At(&g_alpha_out, a),
+              ag.At(&g_w_mod_out, a), ag.At(&g_eta_out, a), ag.At(&g_b_mod_out, a),
+              ag.At(&g_clip_out, a));
+  }
   return ffi::Error::Success();
 }
 
@@ -473,45 +498,46 @@ ffi::Error SeqFwdImpl(ffi::ThreadPool pool, F32 x, F32 h0, F32 hebb0, F32 elig0,
                       F32Ret h_out, F32Ret m_out, F32Ret hebb_out,
                       F32Ret elig_out, F32Ret hebb_hist, F32Ret elig_hist,
                       int64_t network) {
-  Weights p;
-  if (auto err = MakeWeights(hebb0, elig0, &w, alpha, eta, w_mod,
-                             b_mod.typed_data()[0], clip, network, &p);
-      err.failure()) {
+  int64_t n, batch;
+  Agents ag;
+  if (auto err = Shapes(alpha, eta, h0, network, &n, &ag, &batch); err.failure()) {
     return err;
   }
-  const int64_t n = p.n, nn = n * n, batch = h0.element_count() / n;
-  const int64_t steps = x.element_count() / (batch * n);
   const bool retro = network == kRetromod;
-  const int64_t num_shards = NumShards(pool, batch);
+  const int64_t nn = n * n, num_shards = NumShards(pool, batch);
+  const int64_t steps = x.element_count() / (ag.num * batch * n);
   AdviseHugePages(hebb_hist->typed_data(), hebb_hist->element_count());
   if (retro) AdviseHugePages(elig_hist->typed_data(), elig_hist->element_count());
-  ParallelFor(pool, num_shards, [&](int64_t shard) {
-    int64_t start, stop;
-    ShardRange(shard, num_shards, batch, &start, &stop);
-    std::vector<float> acc(n);
-    for (int64_t b = start; b < stop; ++b) {
-      float* hb = hebb_out->typed_data() + b * nn;  // the running traces
-      float* e = retro ? elig_out->typed_data() + b * nn : nullptr;
-      std::memcpy(hb, hebb0.typed_data() + b * nn, nn * sizeof(float));
-      if (retro) std::memcpy(e, elig0.typed_data() + b * nn, nn * sizeof(float));
-      const float* hp = h0.typed_data() + b * n;
-      for (int64_t t = 0; t < steps; ++t) {
-        const int64_t tb = t * batch + b;
-        // Save the old traces for the backward pass, then update in place.
-        std::memcpy(hebb_hist->typed_data() + tb * nn, hb, nn * sizeof(float));
-        if (retro) {
-          std::memcpy(elig_hist->typed_data() + tb * nn, e, nn * sizeof(float));
+  for (int64_t a = 0; a < ag.num; ++a) {
+    const Weights p = AgentWeights(ag, a, n, network, &w, alpha, eta, w_mod,
+                                   b_mod.typed_data(), clip);
+    const float *xa = ag.At(x, a), *h0a = ag.At(h0, a), *hb0 = ag.At(hebb0, a),
+                *e0 = ag.At(elig0, a);
+    float *h_all = ag.At(&h_out, a), *m_all = ag.At(&m_out, a),
+          *hb_run = ag.At(&hebb_out, a), *e_run = ag.At(&elig_out, a),
+          *hb_hist = ag.At(&hebb_hist, a), *e_hist = ag.At(&elig_hist, a);
+    if (!retro) e_run[0] = e_hist[0] = 0.0f;
+    ParallelFor(pool, num_shards, [&](int64_t shard) {
+      int64_t start, stop;
+      ShardRange(shard, num_shards, batch, &start, &stop);
+      std::vector<float> acc(n);
+      for (int64_t b = start; b < stop; ++b) {
+        float* hb = hb_run + b * nn;  // the running traces
+        float* e = retro ? e_run + b * nn : nullptr;
+        std::memcpy(hb, hb0 + b * nn, nn * sizeof(float));
+        if (retro) std::memcpy(e, e0 + b * nn, nn * sizeof(float));
+        const float* hp = h0a + b * n;
+        for (int64_t t = 0; t < steps; ++t) {
+          const int64_t tb = t * batch + b;
+          // Save the old traces for the backward pass, then update in place.
+          std::memcpy(hb_hist + tb * nn, hb, nn * sizeof(float));
+          if (retro) std::memcpy(e_hist + tb * nn, e, nn * sizeof(float));
+          float* h = h_all + tb * n;
+          m_all[tb] = StepForward(p, hp, xa + tb * n, hb, e, h, hb, e, acc.data());
+          hp = h;
         }
-        float* h = h_out->typed_data() + tb * n;
-        m_out->typed_data()[tb] = StepForward(p, hp, x.typed_data() + tb * n, hb,
-                                              e, h, hb, e, acc.data());
-        hp = h;
       }
-    }
-  });
-  if (!retro) {
-    elig_out->typed_data()[0] = 0.0f;
-    elig_hist->typed_data()[0] = 0.0f;
+    });
   }
   return ffi::Error::Success();
 }
@@ -523,53 +549,55 @@ ffi::Error SeqBwdImpl(ffi::ThreadPool pool, F32 h0, F32 h_in, F32 m_in,
                       F32Ret g_hebb0_out, F32Ret g_elig0_out, F32Ret g_w_out,
                       F32Ret g_alpha_out, F32Ret g_eta_out, F32Ret g_w_mod_out,
                       F32Ret g_b_mod_out, F32Ret g_clip_out, int64_t network) {
-  Weights p;
-  if (auto err = MakeWeights(g_hebb_T, g_elig_T, &w, alpha, eta, w_mod, 0.0f,
-                             clip, network, &p);
-      err.failure()) {
+  int64_t n, batch;
+  Agents ag;
+  if (auto err = Shapes(alpha, eta, h0, network, &n, &ag, &batch); err.failure()) {
     return err;
   }
-  const int64_t n = p.n, nn = n * n, batch = h0.element_count() / n;
-  const int64_t steps = h_in.element_count() / (batch * n);
   const bool retro = network == kRetromod;
-  const int64_t num_shards = NumShards(pool, batch);
-  std::vector<ParamGrads> shard_grads(num_shards);
-  ParallelFor(pool, num_shards, [&](int64_t shard) {
-    int64_t start, stop;
-    ShardRange(shard, num_shards, batch, &start, &stop);
-    ParamGrads& pg = shard_grads[shard];
-    pg.Reset(n, true);
-    std::vector<float> col(n), row(n), g_h(n), g_next(n, 0.0f);
-    for (int64_t b = start; b < stop; ++b) {
-      float* g_tr = g_hebb0_out->typed_data() + b * nn;  // running cotangents
-      float* g_el = retro ? g_elig0_out->typed_data() + b * nn : nullptr;
-      if (g_tr != g_hebb_T.typed_data() + b * nn) {
-        std::memcpy(g_tr, g_hebb_T.typed_data() + b * nn, nn * sizeof(float));
+  const int64_t nn = n * n, num_shards = NumShards(pool, batch);
+  const int64_t steps = h_in.element_count() / (ag.num * batch * n);
+  for (int64_t a = 0; a < ag.num; ++a) {
+    const Weights p = AgentWeights(ag, a, n, network, &w, alpha, eta, w_mod, nullptr,
+                                   clip);
+    const float *h0a = ag.At(h0, a), *h_all = ag.At(h_in, a), *m_all = ag.At(m_in, a),
+                *hb_hist = ag.At(hebb_hist, a), *e_hist = ag.At(elig_hist, a),
+                *g_h_all = ag.At(g_h_in, a), *g_m_all = ag.At(g_m_in, a),
+                *g_hT = ag.At(g_hebb_T, a), *g_eT = ag.At(g_elig_T, a);
+    float *g_x = ag.At(&g_x_out, a), *g_h0 = ag.At(&g_h0_out, a),
+          *g_hb0 = ag.At(&g_hebb0_out, a), *g_e0 = ag.At(&g_elig0_out, a);
+    std::vector<ParamGrads> shard_grads(num_shards);
+    ParallelFor(pool, num_shards, [&](int64_t shard) {
+      int64_t start, stop;
+      ShardRange(shard, num_shards, batch, &start, &stop);
+      ParamGrads& pg = shard_grads[shard];
+      pg.Reset(n, true);
+      std::vector<float> col(n), row(n), g_h(n), g_next(n);
+      for (int64_t b = start; b < stop; ++b) {
+        float* g_tr = g_hb0 + b * nn;  // the running trace cotangents
+        float* g_el = retro ? g_e0 + b * nn : nullptr;
+        if (g_tr != g_hT + b * nn) std::memcpy(g_tr, g_hT + b * nn, nn * sizeof(float));
+        if (retro && g_el != g_eT + b * nn) {
+          std::memcpy(g_el, g_eT + b * nn, nn * sizeof(float));
+        }
+        std::fill(g_next.begin(), g_next.end(), 0.0f);  // h_t's cotangent via step t+1
+        for (int64_t t = steps - 1; t >= 0; --t) {
+          const int64_t tb = t * batch + b;
+          const float* hp = t > 0 ? h_all + (tb - batch) * n : h0a + b * n;
+          for (int64_t j = 0; j < n; ++j) g_h[j] = g_h_all[tb * n + j] + g_next[j];
+          StepBackward(p, hp, h_all + tb * n, m_all[tb], hb_hist + tb * nn,
+                       retro ? e_hist + tb * nn : nullptr, g_tr, g_el, g_h.data(),
+                       g_m_all[tb], g_x + tb * n, g_next.data(), pg, col.data(),
+                       row.data());
+        }
+        std::copy(g_next.begin(), g_next.end(), g_h0 + b * n);
       }
-      if (retro && g_el != g_elig_T.typed_data() + b * nn) {
-        std::memcpy(g_el, g_elig_T.typed_data() + b * nn, nn * sizeof(float));
-      }
-      std::fill(g_next.begin(), g_next.end(), 0.0f);  // h_t's cotangent via step t+1
-      for (int64_t t = steps - 1; t >= 0; --t) {
-        const int64_t tb = t * batch + b;
-        const float* hp = t > 0 ? h_in.typed_data() + (tb - batch) * n
-                                : h0.typed_data() + b * n;
-        const float* gh = g_h_in.typed_data() + tb * n;
-        for (int64_t j = 0; j < n; ++j) g_h[j] = gh[j] + g_next[j];
-        StepBackward(p, hp, h_in.typed_data() + tb * n, m_in.typed_data()[tb],
-                     hebb_hist.typed_data() + tb * nn,
-                     retro ? elig_hist.typed_data() + tb * nn : nullptr, g_tr,
-                     g_el, g_h.data(), g_m_in.typed_data()[tb],
-                     g_x_out->typed_data() + tb * n, g_next.data(), pg,
-                     col.data(), row.data());
-      }
-      std::copy(g_next.begin(), g_next.end(), g_h0_out->typed_data() + b * n);
-    }
-  });
-  if (!retro) g_elig0_out->typed_data()[0] = 0.0f;
-  SumShards(shard_grads, n, g_w_out->typed_data(), g_alpha_out->typed_data(),
-            g_w_mod_out->typed_data(), g_eta_out->typed_data(),
-            g_b_mod_out->typed_data(), g_clip_out->typed_data());
+    });
+    if (!retro) g_e0[0] = 0.0f;
+    SumShards(shard_grads, n, ag.At(&g_w_out, a), ag.At(&g_alpha_out, a),
+              ag.At(&g_w_mod_out, a), ag.At(&g_eta_out, a), ag.At(&g_b_mod_out, a),
+              ag.At(&g_clip_out, a));
+  }
   return ffi::Error::Success();
 }
 
