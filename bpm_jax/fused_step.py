@@ -63,8 +63,6 @@ _FLAGS = ("-O3", "-march=native", "-fopenmp-simd", "-std=c++17", "-shared",
           "-fPIC")
 _NETWORK_CODE = {"plastic": 1, "modplast": 2, "retromod": 3}
 _TARGETS = {  # FFI target name -> symbol in the library
-    "bpm_plastic_step_fwd": "BpmPlasticStepFwd",
-    "bpm_plastic_step_bwd": "BpmPlasticStepBwd",
     "bpm_plastic_seq_fwd": "BpmPlasticSeqFwd",
     "bpm_plastic_seq_bwd": "BpmPlasticSeqBwd",
 }
@@ -279,7 +277,7 @@ def _shape(x: Array) -> jax.ShapeDtypeStruct:
   return jax.ShapeDtypeStruct(x.shape, x.dtype)
 
 
-def _kernel(target: str, network: str, out_shapes, aliases, *args):
+def _kernel(target: str, network: str, out_shapes, aliases, *args, **attrs):
   """Calls an FFI target.
 
   Under `jax.vmap` (seeds, sweeps) every operand is broadcast to the same
@@ -289,9 +287,10 @@ def _kernel(target: str, network: str, out_shapes, aliases, *args):
 
   aliases: {input index: output index} buffers the kernel updates in place.
   """
+  attrs = {k: np.int64(v) for k, v in attrs.items()}
   return jax.ffi.ffi_call(target, out_shapes, vmap_method="broadcast_all",
                           input_output_aliases=aliases)(
-                              *args, network=np.int64(_NETWORK_CODE[network]))
+                              *args, network=np.int64(_NETWORK_CODE[network]), **attrs)
 
 
 def _zero_unused(network: str, g_elig: Array, g_eta: Array, g_w_mod: Array,
@@ -306,23 +305,54 @@ def _zero_unused(network: str, g_elig: Array, g_eta: Array, g_w_mod: Array,
   return g_elig, g_eta, g_w_mod, g_b_mod
 
 
-def _call_forward(network, hebb, elig, h_tm1, x, w, alpha, eta, w_mod, b_mod, clip):
-  out_shapes = (_shape(h_tm1), jax.ShapeDtypeStruct(hebb.shape[:1], hebb.dtype),
-                _shape(hebb), _shape(elig))
-  # No aliasing here: the old traces are saved for the backward pass, and
-  # aliasing made XLA copy them twice per step instead of once.
-  return _kernel("bpm_plastic_step_fwd", network, out_shapes, None,
-                 hebb, elig, h_tm1, x, w, alpha, eta, w_mod, b_mod, clip)
+def _sequence_forward(network, x, h0, hebb0, elig0, w, alpha, eta, w_mod, b_mod, clip,
+                      save_history):
+  """(h [T, B, H], m [T, B], traces, E, histories of the old traces or [1])."""
+  steps = x.shape[0]
+  retro = network == "retromod"
+  history = lambda trace, keep: jax.ShapeDtypeStruct(
+      (steps,) + trace.shape if keep else (1,), trace.dtype)
+  out_shapes = (_shape(x), jax.ShapeDtypeStruct(x.shape[:2], x.dtype), _shape(hebb0),
+                _shape(elig0), history(hebb0, save_history),
+                history(elig0, save_history and retro))
+  return _kernel("bpm_plastic_seq_fwd", network, out_shapes, None,
+                 x, h0, hebb0, elig0, w, alpha, eta, w_mod, b_mod, clip,
+                 save_history=save_history)
+
+
+def _sequence_backward(network, h0, h, m, hebb_hist, elig_hist, w, alpha, eta, w_mod,
+                       b_mod, clip, g_h, g_m, g_hebb, g_elig):
+  """Cotangents (x, h0, Hebb_0, E_0, w, alpha, eta, w_mod, b_mod, clip) of T steps."""
+  out_shapes = tuple(map(_shape, (h, h0, g_hebb, g_elig, w, alpha, eta, w_mod, b_mod,
+                                  clip)))
+  # The running trace cotangents overwrite the final ones in place (for one
+  # step in a scan this saves XLA a copy of [B, H, H] per step).
+  (g_x, g_h0, g_hebb0, g_elig0, g_w, g_alpha, g_eta, g_w_mod, g_b_mod,
+   g_clip) = _kernel("bpm_plastic_seq_bwd", network, out_shapes, {12: 2, 13: 3},
+                     h0, h, m, hebb_hist, elig_hist, w, alpha, eta, w_mod, clip, g_h,
+                     g_m, g_hebb, g_elig)
+  g_elig0, g_eta, g_w_mod, g_b_mod = _zero_unused(network, g_elig0, g_eta, g_w_mod,
+                                                   g_b_mod)
+  return (g_x, g_h0, g_hebb0, g_elig0, g_w, g_alpha, g_eta, g_w_mod, g_b_mod, g_clip)
+
+
+# One step: the sequence kernels with T = 1. The forward keeps no history (the
+# residual is the step's input Hebb_tm1 itself, which the scan saves).
+
+
+def _step_forward(network, hebb, elig, h_tm1, x, w, alpha, eta, w_mod, b_mod, clip):
+  h, m, hebb, elig, _, _ = _sequence_forward(network, x[None], h_tm1, hebb, elig, w,
+                                             alpha, eta, w_mod, b_mod, clip, False)
+  return h[0], m[0], hebb, elig
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _fused(network, hebb, elig, h_tm1, x, w, alpha, eta, w_mod, b_mod, clip):
-  return _call_forward(network, hebb, elig, h_tm1, x, w, alpha, eta, w_mod, b_mod,
-                       clip)
+  return _step_forward(network, hebb, elig, h_tm1, x, w, alpha, eta, w_mod, b_mod, clip)
 
 
 def _fused_fwd(network, hebb, elig, h_tm1, x, w, alpha, eta, w_mod, b_mod, clip):
-  outputs = _call_forward(network, hebb, elig, h_tm1, x, w, alpha, eta, w_mod, b_mod,
+  outputs = _step_forward(network, hebb, elig, h_tm1, x, w, alpha, eta, w_mod, b_mod,
                           clip)
   h, m = outputs[0], outputs[1]
   return outputs, (hebb, elig, h_tm1, h, m, w, alpha, eta, w_mod, b_mod, clip)
@@ -331,63 +361,34 @@ def _fused_fwd(network, hebb, elig, h_tm1, x, w, alpha, eta, w_mod, b_mod, clip)
 def _fused_bwd(network, residuals, cotangents):
   hebb, elig, h_tm1, h, m, w, alpha, eta, w_mod, b_mod, clip = residuals
   g_h, g_m, g_hebb, g_elig = cotangents
-  out_shapes = tuple(map(_shape, (hebb, elig, h, h_tm1, w, alpha, eta, w_mod, b_mod,
-                                  clip)))
-  # The old traces' cotangents overwrite the new ones' (saves XLA a copy of
-  # [B, H, H] per step in the backward scan).
-  (g_hebb_old, g_elig_old, g_x, g_h_tm1, g_w, g_alpha, g_eta, g_w_mod, g_b_mod,
-   g_clip) = _kernel("bpm_plastic_step_bwd", network, out_shapes, {10: 0, 11: 1},
-                     hebb, elig, h_tm1, h, m, w, alpha, eta, w_mod, clip, g_hebb,
-                     g_elig, g_h, g_m)
-  g_elig_old, g_eta, g_w_mod, g_b_mod = _zero_unused(network, g_elig_old, g_eta,
-                                                      g_w_mod, g_b_mod)
-  return (g_hebb_old, g_elig_old, g_h_tm1, g_x, g_w, g_alpha, g_eta, g_w_mod, g_b_mod,
-          g_clip)
+  elig_hist = elig[None] if network == "retromod" else elig
+  (g_x, g_h_tm1, g_hebb_old, g_elig_old, g_w, g_alpha, g_eta, g_w_mod, g_b_mod,
+   g_clip) = _sequence_backward(network, h_tm1, h[None], m[None], hebb[None],
+                                elig_hist, w, alpha, eta, w_mod, b_mod, clip,
+                                g_h[None], g_m[None], g_hebb, g_elig)
+  return (g_hebb_old, g_elig_old, g_h_tm1, g_x[0], g_w, g_alpha, g_eta, g_w_mod,
+          g_b_mod, g_clip)
 
 
 _fused.defvjp(_fused_fwd, _fused_bwd)
 
 
-def _call_sequence_forward(network, x, h0, hebb0, elig0, w, alpha, eta, w_mod, b_mod,
-                           clip):
-  steps = x.shape[0]
-  retro = network == "retromod"
-  out_shapes = (_shape(x), jax.ShapeDtypeStruct(x.shape[:2], x.dtype), _shape(hebb0),
-                _shape(elig0),
-                jax.ShapeDtypeStruct((steps,) + hebb0.shape, hebb0.dtype),
-                jax.ShapeDtypeStruct((steps,) + elig0.shape if retro else (1,),
-                                     elig0.dtype))
-  return _kernel("bpm_plastic_seq_fwd", network, out_shapes, None,
-                 x, h0, hebb0, elig0, w, alpha, eta, w_mod, b_mod, clip)
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _fused_sequence(network, x, h0, hebb0, elig0, w, alpha, eta, w_mod, b_mod, clip):
-  return _call_sequence_forward(network, x, h0, hebb0, elig0, w, alpha, eta, w_mod,
-                                b_mod, clip)[:4]
+  return _sequence_forward(network, x, h0, hebb0, elig0, w, alpha, eta, w_mod, b_mod,
+                           clip, False)[:4]
 
 
 def _fused_sequence_fwd(network, x, h0, hebb0, elig0, w, alpha, eta, w_mod, b_mod,
                         clip):
-  h, m, hebb, elig, hebb_hist, elig_hist = _call_sequence_forward(
-      network, x, h0, hebb0, elig0, w, alpha, eta, w_mod, b_mod, clip)
+  h, m, hebb, elig, hebb_hist, elig_hist = _sequence_forward(
+      network, x, h0, hebb0, elig0, w, alpha, eta, w_mod, b_mod, clip, True)
   residuals = (h0, h, m, hebb_hist, elig_hist, w, alpha, eta, w_mod, b_mod, clip)
   return (h, m, hebb, elig), residuals
 
 
 def _fused_sequence_bwd(network, residuals, cotangents):
-  h0, h, m, hebb_hist, elig_hist, w, alpha, eta, w_mod, b_mod, clip = residuals
-  g_h, g_m, g_hebb, g_elig = cotangents
-  out_shapes = tuple(map(_shape, (h, h0, g_hebb, g_elig, w, alpha, eta, w_mod, b_mod,
-                                  clip)))
-  # The running trace cotangents overwrite the final ones in place.
-  (g_x, g_h0, g_hebb0, g_elig0, g_w, g_alpha, g_eta, g_w_mod, g_b_mod,
-   g_clip) = _kernel("bpm_plastic_seq_bwd", network, out_shapes, {12: 2, 13: 3},
-                     h0, h, m, hebb_hist, elig_hist, w, alpha, eta, w_mod, clip, g_h,
-                     g_m, g_hebb, g_elig)
-  g_elig0, g_eta, g_w_mod, g_b_mod = _zero_unused(network, g_elig0, g_eta, g_w_mod,
-                                                   g_b_mod)
-  return (g_x, g_h0, g_hebb0, g_elig0, g_w, g_alpha, g_eta, g_w_mod, g_b_mod, g_clip)
+  return _sequence_backward(network, *residuals, *cotangents)
 
 
 _fused_sequence.defvjp(_fused_sequence_fwd, _fused_sequence_bwd)

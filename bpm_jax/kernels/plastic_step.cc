@@ -20,13 +20,12 @@
 //   including its conventions at the clip bounds (cotangent 1 inside, 0.5 on
 //   a bound, 0 outside; the clip value c receives the rest).
 //
-// Two pairs of handlers:
-//   BpmPlasticStepFwd/Bwd: one time step of B episodes. Used inside
-//     `lax.scan`, e.g. in a rollout that samples actions step by step.
-//   BpmPlasticSeqFwd/Bwd: T steps of B episodes in one call (W inside). The
-//     forward writes the old traces of every step to a history buffer; the
-//     backward walks it in reverse. Each episode's [H, H] traces stay in the
-//     core's cache for the whole sequence.
+// Two handlers, BpmPlasticSeqFwd/Bwd: T steps of B episodes in one call. The
+// forward writes the old traces of every step to a history buffer (unless
+// save_history=0); the backward walks it in reverse. Each episode's [H, H]
+// traces stay in the core's cache for the whole sequence. One step inside a
+// `lax.scan` (a rollout that samples actions step by step) is the case T=1,
+// its old traces being the history.
 //
 // The per-episode step functions may write the new traces over the old ones
 // and the old traces' cotangents over the new ones': every loop reads an
@@ -385,94 +384,6 @@ Weights AgentWeights(const Agents& ag, int64_t a, int64_t n, int64_t network,
   return p;
 }
 
-// ---------------------------------------------------------------- one step
-
-ffi::Error StepFwdImpl(ffi::ThreadPool pool, F32 hebb, F32 elig, F32 h_tm1, F32 x,
-                       F32 w, F32 alpha, F32 eta, F32 w_mod, F32 b_mod, F32 clip,
-                       F32Ret h_out, F32Ret m_out, F32Ret hebb_out,
-                       F32Ret elig_out, int64_t network) {
-  int64_t n, batch;
-  Agents ag;
-  if (auto err = Shapes(alpha, eta, h_tm1, network, &n, &ag, &batch); err.failure()) {
-    return err;
-  }
-  const bool retro = network == kRetromod;
-  const int64_t nn = n * n, num_shards = NumShards(pool, batch);
-  for (int64_t a = 0; a < ag.num; ++a) {
-    const Weights p = AgentWeights(ag, a, n, network, &w, alpha, eta, w_mod,
-                                   b_mod.typed_data(), clip);
-    const float *hb = ag.At(hebb, a), *e = ag.At(elig, a), *hp = ag.At(h_tm1, a),
-                *xa = ag.At(x, a);
-    float *h = ag.At(&h_out, a), *m = ag.At(&m_out, a), *hb_new = ag.At(&hebb_out, a),
-          *e_new = ag.At(&elig_out, a);
-    if (!retro) e_new[0] = 0.0f;
-    ParallelFor(pool, num_shards, [&](int64_t shard) {
-      int64_t start, stop;
-      ShardRange(shard, num_shards, batch, &start, &stop);
-      std::vector<float> acc(n);
-      for (int64_t b = start; b < stop; ++b) {
-        m[b] = StepForward(p, hp + b * n, xa + b * n, hb + b * nn,
-                           retro ? e + b * nn : nullptr, h + b * n, hb_new + b * nn,
-                           retro ? e_new + b * nn : nullptr, acc.data());
-      }
-    });
-  }
-  return ffi::Error::Success();
-}
-
-ffi::Error StepBwdImpl(ffi::ThreadPool pool, F32 hebb, F32 elig, F32 h_tm1,
-                       F32 h_in, F32 m_in, F32 w, F32 alpha, F32 eta, F32 w_mod,
-                       F32 clip, F32 g_hebb_new, F32 g_elig_new, F32 g_h_in,
-                       F32 g_m_in, F32Ret g_hebb_out, F32Ret g_elig_out,
-                       F32Ret g_a_out, F32Ret g_h_tm1_out, F32Ret g_w_out,
-                       F32Ret g_alpha_out, F32Ret g_eta_out, F32Ret g_w_mod_out,
-                       F32Ret g_b_mod_out, F32Ret g_clip_out, int64_t network) {
-  int64_t n, batch;
-  Agents ag;
-  if (auto err = Shapes(alpha, eta, h_tm1, network, &n, &ag, &batch); err.failure()) {
-    return err;
-  }
-  const bool retro = network == kRetromod;
-  const int64_t nn = n * n, num_shards = NumShards(pool, batch);
-  for (int64_t a = 0; a < ag.num; ++a) {
-    const Weights p = AgentWeights(ag, a, n, network, &w, alpha, eta, w_mod, nullptr,
-                                   clip);
-    const float *hb = ag.At(hebb, a), *e = ag.At(elig, a), *hp = ag.At(h_tm1, a),
-                *h = ag.At(h_in, a), *m = ag.At(m_in, a), *g_hn = ag.At(g_hebb_new, a),
-                *g_en = ag.At(g_elig_new, a), *g_hi = ag.At(g_h_in, a),
-                *g_m = ag.At(g_m_in, a);
-    float *g_ho = ag.At(&g_hebb_out, a), *g_eo = ag.At(&g_elig_out, a),
-          *g_x = ag.At(&g_a_out, a), *g_hp = ag.At(&g_h_tm1_out, a);
-    std::vector<ParamGrads> shard_grads(num_shards);
-    ParallelFor(pool, num_shards, [&](int64_t shard) {
-      int64_t start, stop;
-      ShardRange(shard, num_shards, batch, &start, &stop);
-      ParamGrads& pg = shard_grads[shard];
-      pg.Reset(n, true);
-      std::vector<float> col(n), row(n), g_h(n);
-      for (int64_t b = start; b < stop; ++b) {
-        float* g_tr = g_ho + b * nn;
-        float* g_el = retro ? g_eo + b * nn : nullptr;
-        if (g_tr != g_hn + b * nn) {  // not aliased: copy in
-          std::memcpy(g_tr, g_hn + b * nn, nn * sizeof(float));
-        }
-        if (retro && g_el != g_en + b * nn) {
-          std::memcpy(g_el, g_en + b * nn, nn * sizeof(float));
-        }
-        std::copy(g_hi + b * n, g_hi + (b + 1) * n, g_h.data());
-        StepBackward(p, hp + b * n, h + b * n, m[b], hb + b * nn,
-                     retro ? e + b * nn : nullptr, g_tr, g_el, g_h.data(), g_m[b],
-                     g_x + b * n, g_hp + b * n, pg, col.data(), row.data());
-      }
-    });
-    if (!retro) g_eo[0] = 0.0f;
-    SumShards(shard_grads, n, ag.At(&g_w_out, a), ag.At(&g_alpha_out, a),
-              ag.At(&g_w_mod_out, a), ag.At(&g_eta_out, a), ag.At(&g_b_mod_out, a),
-              ag.At(&g_clip_out, a));
-  }
-  return ffi::Error::Success();
-}
-
 // ---------------------------------------------------------------- sequences
 
 // Asks Linux for transparent huge pages on a large fresh output buffer. The
@@ -497,7 +408,7 @@ ffi::Error SeqFwdImpl(ffi::ThreadPool pool, F32 x, F32 h0, F32 hebb0, F32 elig0,
                       F32 w, F32 alpha, F32 eta, F32 w_mod, F32 b_mod, F32 clip,
                       F32Ret h_out, F32Ret m_out, F32Ret hebb_out,
                       F32Ret elig_out, F32Ret hebb_hist, F32Ret elig_hist,
-                      int64_t network) {
+                      int64_t network, int64_t save_history) {
   int64_t n, batch;
   Agents ag;
   if (auto err = Shapes(alpha, eta, h0, network, &n, &ag, &batch); err.failure()) {
@@ -506,8 +417,13 @@ ffi::Error SeqFwdImpl(ffi::ThreadPool pool, F32 x, F32 h0, F32 hebb0, F32 elig0,
   const bool retro = network == kRetromod;
   const int64_t nn = n * n, num_shards = NumShards(pool, batch);
   const int64_t steps = x.element_count() / (ag.num * batch * n);
-  AdviseHugePages(hebb_hist->typed_data(), hebb_hist->element_count());
-  if (retro) AdviseHugePages(elig_hist->typed_data(), elig_hist->element_count());
+  const bool save = save_history != 0;
+  if (save) {
+    AdviseHugePages(hebb_hist->typed_data(), hebb_hist->element_count());
+    if (retro) AdviseHugePages(elig_hist->typed_data(), elig_hist->element_count());
+  } else {
+    hebb_hist->typed_data()[0] = 0.0f;
+  }
   for (int64_t a = 0; a < ag.num; ++a) {
     const Weights p = AgentWeights(ag, a, n, network, &w, alpha, eta, w_mod,
                                    b_mod.typed_data(), clip);
@@ -516,7 +432,8 @@ ffi::Error SeqFwdImpl(ffi::ThreadPool pool, F32 x, F32 h0, F32 hebb0, F32 elig0,
     float *h_all = ag.At(&h_out, a), *m_all = ag.At(&m_out, a),
           *hb_run = ag.At(&hebb_out, a), *e_run = ag.At(&elig_out, a),
           *hb_hist = ag.At(&hebb_hist, a), *e_hist = ag.At(&elig_hist, a);
-    if (!retro) e_run[0] = e_hist[0] = 0.0f;
+    if (!retro) e_run[0] = 0.0f;
+    if (!retro || !save) e_hist[0] = 0.0f;
     ParallelFor(pool, num_shards, [&](int64_t shard) {
       int64_t start, stop;
       ShardRange(shard, num_shards, batch, &start, &stop);
@@ -524,17 +441,27 @@ ffi::Error SeqFwdImpl(ffi::ThreadPool pool, F32 x, F32 h0, F32 hebb0, F32 elig0,
       for (int64_t b = start; b < stop; ++b) {
         float* hb = hb_run + b * nn;  // the running traces
         float* e = retro ? e_run + b * nn : nullptr;
-        std::memcpy(hb, hb0 + b * nn, nn * sizeof(float));
-        if (retro) std::memcpy(e, e0 + b * nn, nn * sizeof(float));
+        // Step 0 reads the initial traces, later steps update in place (one
+        // pass per step, also when T = 1).
+        const float* hb_old = hb0 + b * nn;
+        const float* e_old = retro ? e0 + b * nn : nullptr;
         const float* hp = h0a + b * n;
         for (int64_t t = 0; t < steps; ++t) {
           const int64_t tb = t * batch + b;
-          // Save the old traces for the backward pass, then update in place.
-          std::memcpy(hb_hist + tb * nn, hb, nn * sizeof(float));
-          if (retro) std::memcpy(e_hist + tb * nn, e, nn * sizeof(float));
+          if (save) {  // the old traces, for the backward pass
+            std::memcpy(hb_hist + tb * nn, hb_old, nn * sizeof(float));
+            if (retro) std::memcpy(e_hist + tb * nn, e_old, nn * sizeof(float));
+          }
           float* h = h_all + tb * n;
-          m_all[tb] = StepForward(p, hp, xa + tb * n, hb, e, h, hb, e, acc.data());
+          m_all[tb] = StepForward(p, hp, xa + tb * n, hb_old, e_old, h, hb, e,
+                                  acc.data());
           hp = h;
+          hb_old = hb;
+          e_old = e;
+        }
+        if (steps == 0) {
+          std::memcpy(hb, hb0 + b * nn, nn * sizeof(float));
+          if (retro) std::memcpy(e, e0 + b * nn, nn * sizeof(float));
         }
       }
     });
@@ -604,56 +531,6 @@ ffi::Error SeqBwdImpl(ffi::ThreadPool pool, F32 h0, F32 h_in, F32 m_in,
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(
-    BpmPlasticStepFwd, StepFwdImpl,
-    ffi::Ffi::Bind()
-        .Ctx<ffi::ThreadPool>()
-        .Arg<F32>()  // hebb [B, H, H]
-        .Arg<F32>()  // elig [B, H, H] (retromod) or [1]
-        .Arg<F32>()  // h_tm1 [B, H]
-        .Arg<F32>()  // x [B, H]: x_t W_in + b
-        .Arg<F32>()  // w [H, H]
-        .Arg<F32>()  // alpha [H, H]
-        .Arg<F32>()  // eta []
-        .Arg<F32>()  // w_mod [H]
-        .Arg<F32>()  // b_mod []
-        .Arg<F32>()  // clip []
-        .Ret<F32>()  // h [B, H]
-        .Ret<F32>()  // m [B]
-        .Ret<F32>()  // hebb_new [B, H, H]
-        .Ret<F32>()  // elig_new [B, H, H] or [1]
-        .Attr<int64_t>("network"));
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(
-    BpmPlasticStepBwd, StepBwdImpl,
-    ffi::Ffi::Bind()
-        .Ctx<ffi::ThreadPool>()
-        .Arg<F32>()  // hebb [B, H, H] (Hebb_tm1)
-        .Arg<F32>()  // elig [B, H, H] (E_tm1) or [1]
-        .Arg<F32>()  // h_tm1 [B, H]
-        .Arg<F32>()  // h [B, H]
-        .Arg<F32>()  // m [B]
-        .Arg<F32>()  // w [H, H]
-        .Arg<F32>()  // alpha [H, H]
-        .Arg<F32>()  // eta []
-        .Arg<F32>()  // w_mod [H]
-        .Arg<F32>()  // clip []
-        .Arg<F32>()  // g_hebb_new [B, H, H]
-        .Arg<F32>()  // g_elig_new [B, H, H] or [1]
-        .Arg<F32>()  // g_h [B, H] (all of h_t's cotangent)
-        .Arg<F32>()  // g_m [B]
-        .Ret<F32>()  // g_hebb_old [B, H, H]
-        .Ret<F32>()  // g_elig_old [B, H, H] or [1]
-        .Ret<F32>()  // g_x [B, H]
-        .Ret<F32>()  // g_h_tm1 [B, H]
-        .Ret<F32>()  // g_w [H, H]
-        .Ret<F32>()  // g_alpha [H, H]
-        .Ret<F32>()  // g_eta []
-        .Ret<F32>()  // g_w_mod [H]
-        .Ret<F32>()  // g_b_mod []
-        .Ret<F32>()  // g_clip []
-        .Attr<int64_t>("network"));
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(
     BpmPlasticSeqFwd, SeqFwdImpl,
     ffi::Ffi::Bind()
         .Ctx<ffi::ThreadPool>()
@@ -671,9 +548,10 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(
         .Ret<F32>()  // m [T, B]
         .Ret<F32>()  // hebb_T [B, H, H]
         .Ret<F32>()  // elig_T [B, H, H] or [1]
-        .Ret<F32>()  // hebb_hist [T, B, H, H]: Hebb_tm1 of each step
+        .Ret<F32>()  // hebb_hist [T, B, H, H]: Hebb_tm1 of each step, or [1]
         .Ret<F32>()  // elig_hist [T, B, H, H] or [1]
-        .Attr<int64_t>("network"));
+        .Attr<int64_t>("network")
+        .Attr<int64_t>("save_history"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(
     BpmPlasticSeqBwd, SeqBwdImpl,
