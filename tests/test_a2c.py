@@ -1,5 +1,7 @@
 """A2C meta-training (train/a2c.py): returns, loss, runs, resume, guards, CLI flags."""
 
+import functools
+import json
 import os
 
 import jax
@@ -16,8 +18,10 @@ from train import metrics as metrics_lib
 from train.config import A2CConfig, a2c_defaults, paper_defaults
 
 # Tiny sizes: every run below compiles in seconds and runs in milliseconds.
+# burn_in=0: the updates of these few iterations are applied.
 TINY = dict(hidden_size=8, batch_size=3, episode_length=12, iterations=2,
-            chunk_size=2, checkpoint_every=2, progress=False, fast_compile=True)
+            chunk_size=2, checkpoint_every=2, progress=False, fast_compile=True,
+            burn_in=0)
 
 
 def tiny(env="CueReward-v0", network="modplast", **overrides):
@@ -59,29 +63,37 @@ def test_advantages_by_hand():
                              rtol=1e-6)
 
 
-def numpy_loss(log_prob, value, reward, penalty, gamma, value_coef, entropy_coef):
-  """SPEC.md §5.3 written as the reference's loop over steps and episodes."""
+def numpy_loss(log_prob, value, reward, penalty, gamma, value_coef, entropy_coef,
+               baseline="batch0"):
+  """SPEC.md §5.3 written as the reference's loop over steps and episodes.
+
+  baseline="batch0": the reference's `R - vs[t][0]` (batch element 0's value
+  for every episode); "own": each episode's own V_t.
+  """
   num_steps, batch = reward.shape
   total = 0.0
   for b in range(batch):
     ret, policy, value_loss, reg = 0.0, 0.0, 0.0, 0.0
     for t in reversed(range(num_steps)):
       ret = reward[t, b] + gamma * ret
-      policy -= log_prob[t, b] * (ret - value[t, b])
-      value_loss += (ret - value[t, b]) ** 2
+      v = value[t, 0] if baseline == "batch0" else value[t, b]
+      policy -= log_prob[t, b] * (ret - v)
+      value_loss += (ret - v) ** 2
       reg += entropy_coef * penalty[t, b]
     total += (policy + reg + value_coef * value_loss) / num_steps
   return total / batch
 
 
+@pytest.mark.parametrize("baseline", ["batch0", "own"])
 @pytest.mark.parametrize("use_jit", [False, True])
-def test_a2c_loss_against_numpy(use_jit):
+def test_a2c_loss_against_numpy(use_jit, baseline):
   rng = np.random.default_rng(0)
   log_prob, value, reward, penalty = (rng.normal(size=(5, 3)).astype(np.float32)
                                       for _ in range(4))
-  fn = jax.jit(a2c.a2c_loss) if use_jit else a2c.a2c_loss
+  loss_fn = functools.partial(a2c.a2c_loss, baseline=baseline)
+  fn = jax.jit(loss_fn) if use_jit else loss_fn
   terms = fn(log_prob, value, reward, penalty, 0.9, 0.1, 0.03)
-  want = numpy_loss(log_prob, value, reward, penalty, 0.9, 0.1, 0.03)
+  want = numpy_loss(log_prob, value, reward, penalty, 0.9, 0.1, 0.03, baseline)
   np.testing.assert_allclose(terms.loss, want, rtol=1e-5)
   np.testing.assert_allclose(
       terms.loss, terms.policy_loss + terms.entropy_loss + 0.1 * terms.value_loss,
@@ -95,10 +107,43 @@ def test_a2c_loss_gradients_stop_at_the_advantage():
                                       for _ in range(4))
   adv = a2c.discounted_returns(reward, 0.9) - value
   g_logp, g_value = jax.grad(lambda lp, v: a2c.a2c_loss(lp, v, reward, penalty, 0.9,
-                                                        0.1, 0.0).loss,
+                                                        0.1, 0.0, "own").loss,
                              argnums=(0, 1))(log_prob, value)
   np.testing.assert_allclose(g_logp, -adv / 8, rtol=1e-5)
   np.testing.assert_allclose(g_value, -2 * 0.1 * adv / 8, rtol=1e-5)
+
+
+def test_batch0_baseline_trains_only_element_0s_value_towards_the_batch_mean():
+  """SPEC §5.3 (1): A_t^b = R_t^b - V_t^0; d/dV^0 = -2 vc sum_b A^b / (T B), d/dV^b>0 = 0."""
+  rng = np.random.default_rng(2)
+  log_prob, value, reward, penalty = (jnp.asarray(rng.normal(size=(4, 3)), jnp.float32)
+                                      for _ in range(4))
+  adv = a2c.discounted_returns(reward, 0.9) - value[:, :1]  # [T, B]
+  g_logp, g_value = jax.grad(lambda lp, v: a2c.a2c_loss(lp, v, reward, penalty, 0.9,
+                                                        0.1, 0.0, "batch0").loss,
+                             argnums=(0, 1))(log_prob, value)
+  np.testing.assert_allclose(g_logp, -adv / 12, rtol=1e-5)
+  np.testing.assert_allclose(g_value[:, 0], -2 * 0.1 * adv.sum(1) / 12, rtol=1e-5)
+  np.testing.assert_array_equal(g_value[:, 1:], 0.0)
+  # Its optimum is the batch-mean return.
+  mean_return = a2c.discounted_returns(reward, 0.9).mean(1)
+  at_mean = value.at[:, 0].set(mean_return)
+  g_at_mean = jax.grad(lambda v: a2c.a2c_loss(log_prob, v, reward, penalty, 0.9, 0.1,
+                                              0.0, "batch0").loss)(at_mean)
+  np.testing.assert_allclose(g_at_mean, 0.0, atol=1e-6)
+  with pytest.raises(ValueError, match="batch0"):
+    a2c.a2c_loss(log_prob, value, reward, penalty, 0.9, 0.1, 0.0, "mine")
+
+
+def test_reference_defaults_batch0_baseline_and_101_burn_in(tmp_path):
+  """SPEC §5.3: both are the default; a config.json written before `baseline`
+  existed resumes with the baseline it ran with (each episode's own V_t)."""
+  config = a2c_defaults("CueReward-v0")
+  assert config.baseline == "batch0" and config.burn_in == 101
+  old = config.to_dict()
+  del old["baseline"]
+  assert A2CConfig.from_json(json.dumps(old)).baseline == "own"
+  assert A2CConfig.from_json(config.to_json()) == config
 
 
 def test_loss_of_a_fixed_rollout_against_numpy():
@@ -398,11 +443,14 @@ def test_flags_map_one_to_one_and_default_to_the_paper():
       "CueReward-v0", "modplast", 200, 120)
   assert (cue.batch_size, cue.grad_clip_norm, cue.adam_eps, cue.entropy_coef) == (
       30, 2.0, 1e-6, 0.1)
+  assert (cue.baseline, cue.burn_in) == ("batch0", 101)
+  assert a2c.config_from_flags(parse("--workdir=/tmp/x", "--baseline=own")).baseline == "own"
 
 
 @pytest.mark.parametrize("arg,allowed", [
     ("--network=lstm", "rnn"), ("--env=Pong-v0", "GridMaze-v0"),
-    ("--entropy_kind=kl", "concentration"), ("--step_impl=cuda", "reference")])
+    ("--entropy_kind=kl", "concentration"), ("--step_impl=cuda", "reference"),
+    ("--baseline=mean", "batch0")])
 def test_unknown_choice_flags_fail_at_parse(arg, allowed):
   with pytest.raises(flags.IllegalFlagValueError) as info:
     parse(arg, "--workdir=/tmp/x")

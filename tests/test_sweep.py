@@ -15,7 +15,8 @@ from train import sweep
 from train.config import HPARAM_FIELDS, a2c_defaults
 
 TINY = dict(hidden_size=8, batch_size=3, episode_length=12, iterations=2,
-            chunk_size=2, checkpoint_every=2, progress=False, fast_compile=True)
+            chunk_size=2, checkpoint_every=2, progress=False, fast_compile=True,
+            burn_in=0)
 
 
 def tiny(**overrides):

@@ -40,7 +40,7 @@ from bpm_jax.agents import ActorCritic
 from train import checkpoint as checkpoint_lib
 from train import flags as flags_lib
 from train import metrics as metrics_lib
-from train.config import (A2CConfig, CHOICES, HPARAM_FIELDS, HParams,
+from train.config import (A2CConfig, BASELINES, CHOICES, HPARAM_FIELDS, HParams,
                           RUN_CONTROL_FIELDS, a2c_defaults)
 
 Array = jax.Array
@@ -119,16 +119,21 @@ class LossTerms(NamedTuple):
 
 def a2c_loss(log_prob: Array, value: Array, reward: Array, penalty: Array,
              discount: Array | float, value_coef: Array | float,
-             entropy_coef: Array | float) -> LossTerms:
+             entropy_coef: Array | float, baseline: str = "batch0") -> LossTerms:
   """The A2C loss of SPEC.md §5.3 for a batch of whole episodes.
 
   Args:
     log_prob: [T, B] log pi(a_t).
-    value: [T, B] V_t (each episode's own baseline).
+    value: [T, B] V_t.
     reward: [T, B] r_t.
     penalty: [T, B] per-step regulariser: sum_a pi(a)^2 (concentration) or
       -H(pi) (entropy bonus).
     discount, value_coef, entropy_coef: [] scalars.
+    baseline: `batch0` (the reference code, SPEC §5.3 default): every
+      episode's advantage is `R_t - V_t` of batch element 0, so only that
+      element's value head is trained (towards the batch-mean return) and the
+      value gradient reaches the network through one episode; `own`: each
+      episode's own `R_t - V_t`.
 
   Returns:
     LossTerms; `loss` = mean_b (policy + coef * penalty + value_coef * value) / T.
@@ -136,9 +141,11 @@ def a2c_loss(log_prob: Array, value: Array, reward: Array, penalty: Array,
   if not (log_prob.ndim == value.ndim == reward.ndim == penalty.ndim == 2):
     raise ValueError("a2c_loss expects [T, B] arrays, got shapes "
                      f"{log_prob.shape}, {value.shape}, {reward.shape}, {penalty.shape}.")
+  if baseline not in BASELINES:
+    raise ValueError(f"baseline={baseline!r}; choose one of {', '.join(BASELINES)}.")
   num_steps = reward.shape[0]
   returns = discounted_returns(jax.lax.stop_gradient(reward), discount)
-  advantage = returns - value
+  advantage = returns - (value[:, :1] if baseline == "batch0" else value)
   policy = -jnp.sum(log_prob * jax.lax.stop_gradient(advantage), axis=0)  # [B]
   value_sq = jnp.sum(advantage**2, axis=0)  # [B]
   reg = entropy_coef * jnp.sum(penalty, axis=0)  # [B]
@@ -343,7 +350,7 @@ def _make_learner(config: A2CConfig) -> Learner:
     penalty = regulariser(trajectory, config.entropy_kind)
     terms = a2c_loss(trajectory.log_prob, trajectory.value, trajectory.reward,
                      penalty, hparams.discount, hparams.value_coef,
-                     hparams.entropy_coef)
+                     hparams.entropy_coef, config.baseline)
     aux = dict(terms._asdict(),
                reward=jnp.mean(jnp.sum(trajectory.reward, axis=0)),
                modulation_abs=jnp.mean(jnp.abs(trajectory.modulation)))

@@ -27,9 +27,11 @@ from bpm_jax.config import (ALPHA_KINDS, MODULATION_FNS, NETWORKS, TRACE_RULES,
                             PlasticityConfig)
 
 EntropyKind = Literal["concentration", "entropy"]
+Baseline = Literal["batch0", "own"]
 StepImpl = Literal["auto", "reference", "fast", "fused"]
 
 ENTROPY_KINDS: tuple[str, ...] = typing.get_args(EntropyKind)
+BASELINES: tuple[str, ...] = typing.get_args(Baseline)
 STEP_IMPLS: tuple[str, ...] = typing.get_args(StepImpl)
 ENV_IDS: tuple[str, ...] = ("CueReward-v0", "CueRewardFixedCues-v0", "GridMaze-v0")
 
@@ -37,7 +39,7 @@ ENV_IDS: tuple[str, ...] = ("CueReward-v0", "CueRewardFixedCues-v0", "GridMaze-v
 CHOICES: dict[str, tuple[str, ...]] = {
     "env": ENV_IDS, "network": NETWORKS, "alpha_kind": ALPHA_KINDS,
     "rule": TRACE_RULES, "modulation_fn": MODULATION_FNS,
-    "entropy_kind": ENTROPY_KINDS, "step_impl": STEP_IMPLS,
+    "entropy_kind": ENTROPY_KINDS, "baseline": BASELINES, "step_impl": STEP_IMPLS,
 }
 
 # Fields that only steer the run (how long, how it logs, saves and compiles);
@@ -135,8 +137,13 @@ class A2CConfig:
   entropy_kind: str = _field(
       "concentration", "concentration: +coef sum_a pi(a)^2 (reference); "
       "entropy: -coef H(pi).")
+  baseline: str = _field(
+      "batch0", "A2C baseline (SPEC.md §5.3): batch0 (the reference code: every "
+      "episode's advantage uses V_t of batch element 0; cue-reward learns with "
+      "it) | own (each episode's own V_t).")
   burn_in: int = _field(
-      0, "First iterations compute but do not apply gradients (reference: 100).")
+      101, "First iterations compute but do not apply gradients (the reference: "
+      "101; 0: off).")
   remat: bool = _field(
       False, "Recompute the rollout step in the backward pass (jax.checkpoint).")
   batch_groups: int = _field(
@@ -239,8 +246,13 @@ class A2CConfig:
 
   @classmethod
   def from_json(cls, text: str) -> "A2CConfig":
-    return cls.from_dict(json.loads(text))
+    """A saved config; fields it predates take the value that run used."""
+    return cls.from_dict(dict(SAVED_BEFORE_FIELD_EXISTED, **json.loads(text)))
 
+
+# What a config.json written before a field existed ran with: `baseline`
+# arrived (default batch0) after runs that used each episode's own V_t.
+SAVED_BEFORE_FIELD_EXISTED: dict[str, Any] = {"baseline": "own"}
 
 # Paper / reference settings per environment (SPEC.md §5.1, §5.2).
 _CUE_REWARD = dict(
