@@ -24,6 +24,17 @@ MODULATION_FNS: tuple[str, ...] = typing.get_args(ModulationFn)
 ETA_KINDS: tuple[str, ...] = typing.get_args(EtaKind)
 
 
+# The allowed values of each choice field of PlasticityConfig.
+CHOICES: dict[str, tuple[str, ...]] = {
+    "network": NETWORKS, "alpha_kind": ALPHA_KINDS, "rule": TRACE_RULES,
+    "modulation_fn": MODULATION_FNS, "eta_kind": ETA_KINDS,
+}
+
+
+def _field(default: Any, help_text: str) -> Any:
+  return dataclasses.field(default=default, metadata={"help": help_text})
+
+
 def check_choice(owner: str, field: str, value: Any, allowed: tuple[str, ...]) -> None:
   """Raises a ValueError naming the field, the bad value and the allowed ones."""
   if value not in allowed:
@@ -65,14 +76,20 @@ class PlasticityConfig:
       connection, used by the small plastic LSTM).
   """
 
-  network: Network = "modplast"
-  alpha_kind: AlphaKind = "full"
-  rule: TraceRule = "clip"
-  modulation_fn: ModulationFn = "tanh"
-  fan_out: bool = False
-  num_modulators: int = 1
-  partial_modulation: bool = False
-  eta_kind: EtaKind = "scalar"
+  # `metadata["help"]`: the one-line help of the trainers' flag of the same name.
+  network: Network = _field("modplast", "Network type: rnn | plastic | modplast | retromod.")
+  alpha_kind: AlphaKind = _field(
+      "full", "Plasticity coefficients: full | per_neuron | single.")
+  rule: TraceRule = _field("clip", "Hebbian trace rule: clip | decay | oja | soft_clip.")
+  modulation_fn: ModulationFn = _field(
+      "tanh", "f of m(t) = f(h W_mod + b): tanh | sigmoid | identity.")
+  fan_out: bool = _field(False, "Modulation fan-out M(t) = m(t) V + u per neuron.")
+  num_modulators: int = _field(1, "K, neuromodulatory signals (paper: 1).")
+  partial_modulation: bool = _field(
+      False, "Half the neurons plain Hebbian (reference option fm=0).")
+  eta_kind: EtaKind = _field(
+      "scalar", "Shape of the trained eta (plastic) / eligibility rate (retromod): "
+      "scalar | full (one per connection).")
 
   def __post_init__(self):
     owner = type(self).__name__

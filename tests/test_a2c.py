@@ -1,4 +1,5 @@
-"""A2C meta-training (train/a2c.py): returns, loss, runs, resume, guards, CLI flags."""
+"""A2C meta-training (train/a2c_loss, a2c_learner, a2c_train, a2c): returns, loss,
+runs, resume, guards, CLI flags."""
 
 import functools
 import json
@@ -11,11 +12,16 @@ import pytest
 from absl import flags
 
 from bpm_jax import fused_step
+from bpm_jax import xla
 from train import a2c
+from train import a2c_learner
+from train import a2c_loss as losses
+from train import a2c_train
 from train import checkpoint as checkpoint_lib
 from train import inspect as agent_inspect
 from train import metrics as metrics_lib
-from train.config import A2CConfig, a2c_defaults, paper_defaults
+from train import run as run_lib
+from train.a2c_config import A2CConfig, a2c_defaults, paper_defaults, resolve_step_impl
 
 # Tiny sizes: every run below compiles in seconds and runs in milliseconds.
 # burn_in=0: the updates of these few iterations are applied.
@@ -44,7 +50,7 @@ def assert_trees_equal(a, b):
 @pytest.mark.parametrize("use_jit", [False, True])
 def test_discounted_returns_by_hand(use_jit):
   rewards = jnp.array([0.0, 1.0, 0.0, 2.0])
-  fn = jax.jit(a2c.discounted_returns) if use_jit else a2c.discounted_returns
+  fn = jax.jit(losses.discounted_returns) if use_jit else losses.discounted_returns
   # R3 = 2; R2 = 0 + .5*2 = 1; R1 = 1 + .5*1 = 1.5; R0 = 0 + .5*1.5 = .75.
   np.testing.assert_allclose(fn(rewards, 0.5), [0.75, 1.5, 1.0, 2.0])
   # Batched [T, B]: each column on its own; gamma = 0 gives the rewards.
@@ -57,7 +63,7 @@ def test_discounted_returns_by_hand(use_jit):
 def test_advantages_by_hand():
   rewards = jnp.array([[1.0], [0.0], [-1.0]])
   values = jnp.array([[0.5], [0.2], [-2.0]])
-  advantages = a2c.discounted_returns(rewards, 0.9) - values
+  advantages = losses.discounted_returns(rewards, 0.9) - values
   # Returns: R2 = -1, R1 = -0.9, R0 = 1 - 0.81 = 0.19.
   np.testing.assert_allclose(advantages, [[0.19 - 0.5], [-0.9 - 0.2], [-1.0 + 2.0]],
                              rtol=1e-6)
@@ -90,7 +96,7 @@ def test_a2c_loss_against_numpy(use_jit, baseline):
   rng = np.random.default_rng(0)
   log_prob, value, reward, penalty = (rng.normal(size=(5, 3)).astype(np.float32)
                                       for _ in range(4))
-  loss_fn = functools.partial(a2c.a2c_loss, baseline=baseline)
+  loss_fn = functools.partial(losses.a2c_loss, baseline=baseline)
   fn = jax.jit(loss_fn) if use_jit else loss_fn
   terms = fn(log_prob, value, reward, penalty, 0.9, 0.1, 0.03)
   want = numpy_loss(log_prob, value, reward, penalty, 0.9, 0.1, 0.03, baseline)
@@ -105,8 +111,8 @@ def test_a2c_loss_gradients_stop_at_the_advantage():
   rng = np.random.default_rng(1)
   log_prob, value, reward, penalty = (jnp.asarray(rng.normal(size=(4, 2)), jnp.float32)
                                       for _ in range(4))
-  adv = a2c.discounted_returns(reward, 0.9) - value
-  g_logp, g_value = jax.grad(lambda lp, v: a2c.a2c_loss(lp, v, reward, penalty, 0.9,
+  adv = losses.discounted_returns(reward, 0.9) - value
+  g_logp, g_value = jax.grad(lambda lp, v: losses.a2c_loss(lp, v, reward, penalty, 0.9,
                                                         0.1, 0.0, "own").loss,
                              argnums=(0, 1))(log_prob, value)
   np.testing.assert_allclose(g_logp, -adv / 8, rtol=1e-5)
@@ -118,21 +124,21 @@ def test_batch0_baseline_trains_only_element_0s_value_towards_the_batch_mean():
   rng = np.random.default_rng(2)
   log_prob, value, reward, penalty = (jnp.asarray(rng.normal(size=(4, 3)), jnp.float32)
                                       for _ in range(4))
-  adv = a2c.discounted_returns(reward, 0.9) - value[:, :1]  # [T, B]
-  g_logp, g_value = jax.grad(lambda lp, v: a2c.a2c_loss(lp, v, reward, penalty, 0.9,
+  adv = losses.discounted_returns(reward, 0.9) - value[:, :1]  # [T, B]
+  g_logp, g_value = jax.grad(lambda lp, v: losses.a2c_loss(lp, v, reward, penalty, 0.9,
                                                         0.1, 0.0, "batch0").loss,
                              argnums=(0, 1))(log_prob, value)
   np.testing.assert_allclose(g_logp, -adv / 12, rtol=1e-5)
   np.testing.assert_allclose(g_value[:, 0], -2 * 0.1 * adv.sum(1) / 12, rtol=1e-5)
   np.testing.assert_array_equal(g_value[:, 1:], 0.0)
   # Its optimum is the batch-mean return.
-  mean_return = a2c.discounted_returns(reward, 0.9).mean(1)
+  mean_return = losses.discounted_returns(reward, 0.9).mean(1)
   at_mean = value.at[:, 0].set(mean_return)
-  g_at_mean = jax.grad(lambda v: a2c.a2c_loss(log_prob, v, reward, penalty, 0.9, 0.1,
+  g_at_mean = jax.grad(lambda v: losses.a2c_loss(log_prob, v, reward, penalty, 0.9, 0.1,
                                               0.0, "batch0").loss)(at_mean)
   np.testing.assert_allclose(g_at_mean, 0.0, atol=1e-6)
   with pytest.raises(ValueError, match="batch0"):
-    a2c.a2c_loss(log_prob, value, reward, penalty, 0.9, 0.1, 0.0, "mine")
+    losses.a2c_loss(log_prob, value, reward, penalty, 0.9, 0.1, 0.0, "mine")
 
 
 def test_reference_defaults_batch0_baseline_and_101_burn_in(tmp_path):
@@ -148,11 +154,12 @@ def test_reference_defaults_batch0_baseline_and_101_burn_in(tmp_path):
 
 def test_loss_of_a_fixed_rollout_against_numpy():
   config = tiny()
-  learner = a2c.make_learner(config)
+  spec = a2c_learner.make_spec(config)
   hp = config.hparams()
-  params = jax.tree.map(lambda x: x[0], a2c.init_state(config).params)
+  params = jax.tree.map(lambda x: x[0], a2c_train.init_state(config).params)
   key = jax.random.key(5)
-  loss, (aux, traj) = a2c.compile_fn(jax.jit(learner.loss), config, params, key, hp)(
+  loss_fn = functools.partial(a2c_learner.loss, spec)
+  loss, (aux, traj) = xla.compile(jax.jit(loss_fn), params, key, hp, fast=config.fast_compile)(
       params, key, hp)
   traj = jax.device_get(traj)
   assert traj.log_prob.shape == (12, 3) and traj.modulation.shape == (12, 3, 1)
@@ -165,8 +172,8 @@ def test_loss_of_a_fixed_rollout_against_numpy():
   want = numpy_loss(traj.log_prob, traj.value, traj.reward, traj.concentration,
                     0.9, 0.1, 0.1)
   np.testing.assert_allclose(loss, want, rtol=1e-5)
-  np.testing.assert_array_equal(a2c.regulariser(traj, "concentration"), traj.concentration)
-  np.testing.assert_array_equal(a2c.regulariser(traj, "entropy"), -traj.entropy)
+  np.testing.assert_array_equal(losses.regulariser(traj, "concentration"), traj.concentration)
+  np.testing.assert_array_equal(losses.regulariser(traj, "entropy"), -traj.entropy)
   np.testing.assert_allclose(aux["reward"], traj.reward.sum(0).mean(), rtol=1e-6)
   # Cue-reward: only Go steps are rewarded, with +-1.
   assert set(np.unique(traj.reward)) <= {-1.0, 0.0, 1.0}
@@ -178,15 +185,16 @@ def test_step_impls_and_remat_give_the_same_loss_and_gradients(network):
   variants = [tiny(network=network, step_impl="reference"),
               tiny(network=network, step_impl="fast"),
               tiny(network=network, step_impl="fast", remat=True)]
-  learners = [a2c.make_learner(c) for c in variants]
+  specs = [a2c_learner.make_spec(c) for c in variants]
   hp = variants[0].hparams()
-  params = jax.tree.map(lambda x: x[0], a2c.init_state(variants[0]).params)
+  params = jax.tree.map(lambda x: x[0], a2c_train.init_state(variants[0]).params)
 
   def all_grads(params, key):
-    return [jax.grad(lambda p, l=l: l.loss(p, key, hp)[0])(params) for l in learners]
+    return [jax.grad(lambda p, s=s: a2c_learner.loss(s, p, key, hp)[0])(params)
+            for s in specs]
 
   key = jax.random.key(3)
-  grads = a2c.compile_fn(jax.jit(all_grads), variants[0], params, key)(params, key)
+  grads = xla.compile(jax.jit(all_grads), params, key, fast=variants[0].fast_compile)(params, key)
   for other in grads[1:]:
     for x, y in zip(jax.tree.leaves(grads[0]), jax.tree.leaves(other), strict=True):
       np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6)
@@ -200,21 +208,21 @@ def test_fused_replay_reproduces_the_rollout_and_its_gradient(network):
   sequence kernel: the same log pi(a_t), V_t and m_t (to float32 rounding), and
   the gradient of the step-by-step `fast` rollout."""
   config = tiny(network=network, step_impl="fused")
-  assert a2c.replays_rollout(config)
-  learner, fast = a2c.make_learner(config), a2c.make_learner(
+  spec, fast = a2c_learner.make_spec(config), a2c_learner.make_spec(
       config.replace(step_impl="fast"))
+  assert a2c_learner.replays_rollout(spec) and not a2c_learner.replays_rollout(fast)
   hp = config.hparams()
-  params = jax.tree.map(lambda x: x[0], a2c.init_state(config).params)
+  params = jax.tree.map(lambda x: x[0], a2c_train.init_state(config).params)
   key = jax.random.key(5)
 
   def both(params, key):
-    rolled = learner.rollout(params, key, hp, config.batch_size)
-    _, (_, replayed) = learner.loss(params, key, hp)
-    grads = [jax.grad(lambda p, l=l: l.loss(p, key, hp)[0])(params)
-             for l in (learner, fast)]
+    rolled = a2c_learner.rollout(spec, params, key, hp, config.batch_size)
+    _, (_, replayed) = a2c_learner.loss(spec, params, key, hp)
+    grads = [jax.grad(lambda p, s=s: a2c_learner.loss(s, p, key, hp)[0])(params)
+             for s in (spec, fast)]
     return rolled, replayed, grads
 
-  rolled, replayed, (got, want) = a2c.compile_fn(jax.jit(both), config, params, key)(
+  rolled, replayed, (got, want) = xla.compile(jax.jit(both), params, key, fast=config.fast_compile)(
       params, key)
   for field in ("action", "reward", "obs"):
     np.testing.assert_array_equal(getattr(replayed, field), getattr(rolled, field))
@@ -229,12 +237,15 @@ def test_fused_replay_reproduces_the_rollout_and_its_gradient(network):
 
 
 def test_auto_step_impl_resolves_and_fused_rejects_what_it_cannot_run():
+  """`auto` is resolved when the learner is built, not when a config is made."""
   fused = "fused" if fused_step.available() else "fast"
-  assert A2CConfig(network="modplast").step_impl == fused
-  assert A2CConfig(network="retromod", rule="clip").step_impl == fused
-  assert A2CConfig(network="rnn").step_impl == "fast"
-  assert A2CConfig(network="modplast", rule="decay").step_impl == "fast"
-  assert A2CConfig(network="modplast", step_impl="reference").step_impl == "reference"
+  assert A2CConfig(network="modplast").step_impl == "auto"
+  assert resolve_step_impl(A2CConfig(network="modplast")) == fused
+  assert resolve_step_impl(A2CConfig(network="retromod", rule="clip")) == fused
+  assert resolve_step_impl(A2CConfig(network="rnn")) == "fast"
+  assert resolve_step_impl(A2CConfig(network="modplast", rule="decay")) == "fast"
+  assert resolve_step_impl(A2CConfig(network="modplast", step_impl="reference")) == "reference"
+  assert a2c_learner.make_spec(A2CConfig(network="modplast")).config.step_impl == fused
   with pytest.raises(ValueError, match="--step_impl=fused.*rule='oja'.*step_impl='fast'"):
     A2CConfig(network="plastic", rule="oja", step_impl="fused")
 
@@ -242,18 +253,18 @@ def test_auto_step_impl_resolves_and_fused_rejects_what_it_cannot_run():
 def test_batch_groups_average_the_gradients_of_their_groups():
   """G = 2 groups of B/2 episodes: the mean of the two B/2-batch gradients and metrics."""
   grouped = tiny(batch_size=4, batch_groups=2)
-  half = a2c.make_learner(tiny(batch_size=2))
+  half = a2c_learner.make_spec(tiny(batch_size=2))
   hp = grouped.hparams()
-  params = jax.tree.map(lambda x: x[0], a2c.init_state(grouped).params)
+  params = jax.tree.map(lambda x: x[0], a2c_train.init_state(grouped).params)
   key = jax.random.key(5)
 
   def both(params, key):
-    got = a2c.make_learner(grouped).grads(params, key, hp)
-    parts = [half.grads(params, k, hp) for k in jax.random.split(key, 2)]
+    got = a2c_learner.grads(a2c_learner.make_spec(grouped), params, key, hp)
+    parts = [a2c_learner.grads(half, params, k, hp) for k in jax.random.split(key, 2)]
     want = jax.tree.map(lambda a, b: (a + b) / 2, *parts)
     return got, want, parts[0][0]
 
-  got, want, first = a2c.compile_fn(jax.jit(both), grouped, params, key)(params, key)
+  got, want, first = xla.compile(jax.jit(both), params, key, fast=grouped.fast_compile)(params, key)
   for x, y in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
     np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7)
   # Not trivially equal to one group's gradient.
@@ -275,18 +286,19 @@ SMOKE += [("CueRewardFixedCues-v0", "plastic")]
 @pytest.mark.parametrize("env,network", SMOKE)
 def test_smoke_run_writes_all_outputs(tmp_path, env, network):
   config = tiny(env, network)
-  state, rows = a2c.train_and_evaluate(config, str(tmp_path))
+  state, rows = a2c_train.train_and_evaluate(config, str(tmp_path))
   assert [r["iteration"] for r in rows] == [0, 1]
   assert [r["iteration"] for r in read_rows(tmp_path)] == [0.0, 1.0]
   for row in rows:
     assert all(np.isfinite(v) for v in row.values())
     assert row["env_steps_per_s"] > 0
-  assert A2CConfig.from_json((tmp_path / "config.json").read_text()) == config
+  used = config.replace(step_impl=resolve_step_impl(config))  # config.json: as used.
+  assert A2CConfig.from_json((tmp_path / "config.json").read_text()) == used
   assert (tmp_path / "curves.png").stat().st_size > 0
   assert any(p.startswith("events.out.tfevents") for p in os.listdir(tmp_path))
   assert int(np.asarray(state.iteration)[0]) == 2
-  restored_config, restored, iteration = a2c.restore_state(str(tmp_path))
-  assert iteration == 2 and restored_config == config
+  restored_config, restored, iteration = a2c_train.restore_state(str(tmp_path))
+  assert iteration == 2 and restored_config == used
   assert_trees_equal(restored.params, state.params)
   if env == "GridMaze-v0":  # Batch means of multiples of the reward 10.
     for r in rows:
@@ -303,16 +315,16 @@ def test_smoke_run_writes_all_outputs(tmp_path, env, network):
 def uninterrupted(tmp_path_factory):
   """The base tiny run for 4 iterations, in 2 chunks of 2 (checkpoints at 2, 4)."""
   workdir = tmp_path_factory.mktemp("uninterrupted")
-  state, _ = a2c.train_and_evaluate(tiny(iterations=4), str(workdir))
+  state, _ = a2c_train.train_and_evaluate(tiny(iterations=4), str(workdir))
   return workdir, state
 
 
 def test_resume_equals_uninterrupted(tmp_path, uninterrupted):
   full_dir, full_state = uninterrupted
-  a2c.train_and_evaluate(tiny(iterations=2), str(tmp_path))
+  a2c_train.train_and_evaluate(tiny(iterations=2), str(tmp_path))
   with pytest.raises(ValueError, match="--resume"):
-    a2c.train_and_evaluate(tiny(iterations=4), str(tmp_path))
-  state, rows = a2c.train_and_evaluate(tiny(iterations=4, resume=True), str(tmp_path))
+    a2c_train.train_and_evaluate(tiny(iterations=4), str(tmp_path))
+  state, rows = a2c_train.train_and_evaluate(tiny(iterations=4, resume=True), str(tmp_path))
   assert [r["iteration"] for r in rows] == [2, 3]
   assert_trees_equal(state, full_state)
   want, got = read_rows(full_dir), read_rows(tmp_path)
@@ -324,25 +336,25 @@ def test_resume_equals_uninterrupted(tmp_path, uninterrupted):
 
 
 def test_resume_rejects_a_different_config(tmp_path):
-  a2c.train_and_evaluate(tiny(), str(tmp_path))
+  a2c_train.train_and_evaluate(tiny(), str(tmp_path))
   with pytest.raises(ValueError, match="hidden_size"):
-    a2c.train_and_evaluate(tiny(hidden_size=9, iterations=4, resume=True), str(tmp_path))
+    a2c_train.train_and_evaluate(tiny(hidden_size=9, iterations=4, resume=True), str(tmp_path))
 
 
 def test_same_seed_same_numbers_other_seed_differs(tmp_path, uninterrupted):
   full_dir, full_state = uninterrupted
-  state, _ = a2c.train_and_evaluate(tiny(iterations=4), str(tmp_path / "same"))
+  state, _ = a2c_train.train_and_evaluate(tiny(iterations=4), str(tmp_path / "same"))
   assert_trees_equal(state, full_state)
-  other, _ = a2c.train_and_evaluate(tiny(iterations=4, seed=1), str(tmp_path / "other"))
+  other, _ = a2c_train.train_and_evaluate(tiny(iterations=4, seed=1), str(tmp_path / "other"))
   assert not np.array_equal(other.params["params"]["cell"]["w"],
                             full_state.params["params"]["cell"]["w"])
 
 
 def test_vmapped_seeds_equal_separate_runs(tmp_path):
-  both, rows = a2c.train_and_evaluate(tiny(num_seeds=2), str(tmp_path / "both"))
+  both, rows = a2c_train.train_and_evaluate(tiny(num_seeds=2), str(tmp_path / "both"))
   assert set(rows[0]) >= {"reward_seed0", "reward_seed1", "reward_median"}
   for s in range(2):
-    alone, alone_rows = a2c.train_and_evaluate(tiny(seed=s), str(tmp_path / f"seed{s}"))
+    alone, alone_rows = a2c_train.train_and_evaluate(tiny(seed=s), str(tmp_path / f"seed{s}"))
     for x, y in zip(jax.tree.leaves(both), jax.tree.leaves(alone), strict=True):
       np.testing.assert_allclose(np.asarray(x)[s], np.asarray(y)[0], rtol=2e-5, atol=1e-6)
     for r, ra in zip(rows, alone_rows):
@@ -354,14 +366,14 @@ def test_vmapped_seeds_equal_separate_runs(tmp_path):
 def test_make_train_vmaps_over_hyperparameters():
   """purejaxrl style: the whole run is one function of (key, hparams)."""
   config = tiny()
-  train = jax.jit(jax.vmap(a2c.make_train(config), in_axes=(None, 0)))
+  train = jax.jit(jax.vmap(a2c_learner.make_train(config), in_axes=(None, 0)))
   hp = config.hparams()
   sweep = jax.tree.map(lambda x: jnp.stack([x, x]), hp).replace(
       learning_rate=jnp.array([1e-4, 3e-2]))
   key = jax.random.key(0)
-  state, metrics = a2c.compile_fn(train, config, key, sweep)(key, sweep)
+  state, metrics = xla.compile(train, key, sweep, fast=config.fast_compile)(key, sweep)
   assert metrics["loss"].shape == (2, 2) and state.iteration.tolist() == [2, 2]
-  w0 = a2c.init_state(config).params["params"]["cell"]["w"][0]  # Seed 0: key(0).
+  w0 = a2c_train.init_state(config).params["params"]["cell"]["w"][0]  # Seed 0: key(0).
   step0 = np.abs(np.asarray(state.params["params"]["cell"]["w"][0]) - w0).max()
   step1 = np.abs(np.asarray(state.params["params"]["cell"]["w"][1]) - w0).max()
   assert 0 < step0 < step1  # Adam moves each weight by about lr per step.
@@ -371,11 +383,11 @@ def test_make_train_vmaps_over_hyperparameters():
 def test_burn_in_computes_but_does_not_apply_gradients(tmp_path):
   config = tiny("GridMaze-v0", "plastic", burn_in=2, iterations=3, chunk_size=1,
                 checkpoint_every=1, entropy_kind="entropy", remat=True)
-  state, rows = a2c.train_and_evaluate(config, str(tmp_path))
-  init = a2c.init_state(config)
+  state, rows = a2c_train.train_and_evaluate(config, str(tmp_path))
+  init = a2c_train.init_state(config)
   assert all(r["grad_norm"] > 0 for r in rows)
   # Two iterations of burn-in left the parameters and Adam alone; the third moved them.
-  _, after_burn_in, _ = a2c.restore_state(str(tmp_path), step=2)
+  _, after_burn_in, _ = a2c_train.restore_state(str(tmp_path), step=2)
   assert_trees_equal(after_burn_in.params, init.params)
   assert int(after_burn_in.opt_state[1][0].count[0]) == 0
   assert int(state.opt_state[1][0].count[0]) == 1
@@ -389,15 +401,15 @@ def test_burn_in_computes_but_does_not_apply_gradients(tmp_path):
 
 def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
   config = tiny()
-  a2c.train_and_evaluate(config, str(tmp_path))
+  a2c_train.train_and_evaluate(config, str(tmp_path))
   bad = config.hparams().replace(learning_rate=jnp.float32(np.nan))
-  with pytest.raises(a2c.NonFiniteError, match=r"iteration 2\b") as info:
-    a2c.train_and_evaluate(tiny(iterations=4, resume=True), str(tmp_path), hparams=bad)
+  with pytest.raises(run_lib.NonFiniteError, match=r"iteration 2\b") as info:
+    a2c_train.train_and_evaluate(tiny(iterations=4, resume=True), str(tmp_path), hparams=bad)
   assert os.path.join("checkpoints", "2") in str(info.value)
   ckpt = checkpoint_lib.Checkpointer(str(tmp_path / "checkpoints"))
   assert ckpt.all_steps() == [2]
   ckpt.close()
-  _, state, iteration = a2c.restore_state(str(tmp_path))
+  _, state, iteration = a2c_train.restore_state(str(tmp_path))
   assert iteration == 2
   assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state.params))
   assert [r["iteration"] for r in read_rows(tmp_path)] == [0, 1]
@@ -405,14 +417,14 @@ def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
 
 def test_corrupt_checkpoint_names_the_path(tmp_path):
   config = tiny()
-  a2c.train_and_evaluate(config, str(tmp_path))
+  a2c_train.train_and_evaluate(config, str(tmp_path))
   step_dir = tmp_path / "checkpoints" / "2" / "state"
   for root, _, files in os.walk(step_dir):
     for name in files:
       with open(os.path.join(root, name), "wb") as f:
         f.write(b"garbage")
   with pytest.raises(checkpoint_lib.CheckpointError) as info:
-    a2c.train_and_evaluate(tiny(iterations=4, resume=True), str(tmp_path))
+    a2c_train.train_and_evaluate(tiny(iterations=4, resume=True), str(tmp_path))
   message = str(info.value)
   assert str(tmp_path / "checkpoints" / "2") in message
   assert "Delete" in message and "fresh workdir" in message

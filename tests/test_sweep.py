@@ -9,10 +9,12 @@ import pytest
 from absl import flags
 
 from train import a2c
+from train import a2c_learner
+from train import a2c_train
 from train import inspect as agent_inspect
 from train import metrics as metrics_lib
 from train import sweep
-from train.config import HPARAM_FIELDS, a2c_defaults
+from train.a2c_config import HPARAM_FIELDS, a2c_defaults
 
 TINY = dict(hidden_size=8, batch_size=3, episode_length=12, iterations=2,
             chunk_size=2, checkpoint_every=2, progress=False, fast_compile=True,
@@ -54,9 +56,9 @@ def test_stack_hparams_one_leaf_per_agent():
   assert all(np.shape(getattr(hp, name)) == (6,) for name in HPARAM_FIELDS)
   np.testing.assert_allclose(hp.learning_rate, [1e-3] * 3 + [1e-2] * 3)
   np.testing.assert_allclose(hp.entropy_coef, [0.05] * 6)
-  assert a2c.hparams_per_agent(hp, 6) and not a2c.hparams_per_agent(config.hparams(), 6)
+  assert a2c_learner.hparams_per_agent(hp, 6) and not a2c_learner.hparams_per_agent(config.hparams(), 6)
   with pytest.raises(ValueError, match=r"shape \(4,\)"):
-    a2c.hparams_per_agent(hp, 4)
+    a2c_learner.hparams_per_agent(hp, 4)
 
 
 def test_sweep_agents_equal_separate_runs(tmp_path):
@@ -67,17 +69,17 @@ def test_sweep_agents_equal_separate_runs(tmp_path):
     assert (tmp_path / "sweep" / name).exists(), name
   saved = json.loads((tmp_path / "sweep" / "sweep.json").read_text())
   assert saved == {"grid": grid, "seeds_per_setting": 2}
-  state, _ = a2c.restore_state(str(tmp_path / "sweep"))[1:]
+  state, _ = a2c_train.restore_state(str(tmp_path / "sweep"))[1:]
   sweep_rows = metrics_lib.read_csv(str(tmp_path / "sweep" / "metrics.csv"))
   # Agent 3 = setting 1 (lr 3e-2), key(seed + 3): the same as a run of its own.
-  alone, alone_rows = a2c.train_and_evaluate(tiny(learning_rate=3e-2, seed=3),
+  alone, alone_rows = a2c_train.train_and_evaluate(tiny(learning_rate=3e-2, seed=3),
                                              str(tmp_path / "alone"))
   for x, y in zip(jax.tree.leaves(state), jax.tree.leaves(alone), strict=True):
     np.testing.assert_allclose(np.asarray(x)[3], np.asarray(y)[0], rtol=2e-5, atol=1e-6)
   assert [r["reward_seed3"] for r in sweep_rows] == [r["reward_seed0"] for r in alone_rows]
   # The two settings really differ: lr 3e-2 moves the weights further than 1e-3.
   w = np.asarray(state.params["params"]["cell"]["w"])
-  w0 = np.asarray(a2c.init_state(tiny(num_seeds=4)).params["params"]["cell"]["w"])
+  w0 = np.asarray(a2c_train.init_state(tiny(num_seeds=4)).params["params"]["cell"]["w"])
   assert np.abs(w[3] - w0[3]).max() > 5 * np.abs(w[1] - w0[1]).max()
 
 
@@ -100,7 +102,7 @@ def test_agent_hparams_and_inspect_use_the_agents_own_setting(tmp_path):
   workdir = str(tmp_path)
   grid = [{"clip_value": 0.01}, {"clip_value": 10.0}]
   sweep.run_sweep(tiny(num_seeds=1), grid, workdir)
-  config = a2c.restore_state(workdir)[0]
+  config = a2c_train.restore_state(workdir)[0]
   assert [float(sweep.agent_hparams(config, workdir, a).clip_value) for a in (0, 1)] == [
       pytest.approx(0.01), 10.0]
   assert float(sweep.agent_hparams(config, str(tmp_path / "nope"), 1).clip_value) == (

@@ -1,36 +1,21 @@
-"""Shared config validation and absl flag definitions for the entry points.
+"""absl flags of the entry points: one flag per config field, and their `main`.
 
 Each training config is a frozen dataclass whose fields carry their help text
-in `metadata["help"]`; every field becomes a flag of the same name.
+in `metadata["help"]`; every field becomes a flag of the same name. The
+validators the configs use live in `train.validate`.
+
+    def main(argv):
+      flags_lib.run_main(argv, config_from_flags, train_and_evaluate)
+
+    if __name__ == "__main__":
+      flags_lib.run_cli(define_flags, main)
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import math
-from typing import Any, Callable
-
-
-def check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
-  """ValueError naming the field, the bad value and the allowed ones."""
-  if value not in allowed:
-    raise ValueError(f"{name}={value!r} is not a known option; choose one of "
-                     f"{', '.join(allowed)}.")
-
-
-def check_int(name: str, value: Any, minimum: int) -> None:
-  """ValueError unless `value` is an int >= minimum."""
-  if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-    raise ValueError(f"{name}={value!r} is invalid: it must be an integer >= {minimum}.")
-
-
-def check_float(name: str, value: Any, positive: bool) -> None:
-  """ValueError unless `value` is a finite number > 0 (positive) or >= 0."""
-  ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-  ok = ok and (value > 0 if positive else value >= 0)
-  if not ok:
-    bound = "> 0" if positive else ">= 0"
-    raise ValueError(f"{name}={value!r} is invalid: it must be a finite number {bound}.")
+from typing import Any, Callable, Iterator, Optional
 
 
 def define_config_flags(config_cls: type, choices: dict[str, tuple[str, ...]],
@@ -99,23 +84,49 @@ def saved_config_for_resume(flag_values, config_json: str,
         "start a fresh --workdir.") from e
 
 
+@contextlib.contextmanager
+def as_flag_errors(config_cls: type) -> Iterator[None]:
+  """Re-raises a config's ValueError in flag terms.
+
+  `learning_rate=-1.0 is invalid: ...` becomes `--learning_rate=-1.0 is
+  invalid: ...`; other messages become "Invalid combination of flags: ...".
+  """
+  try:
+    yield
+  except ValueError as e:
+    message = str(e)
+    names = {f.name for f in dataclasses.fields(config_cls)}
+    if message.split("=", 1)[0] in names:
+      raise ValueError(f"--{message}") from e
+    raise ValueError(f"Invalid combination of flags: {message}") from e
+
+
+def run_cli(define_flags: Callable[[], None], main: Callable[[list[str]], None]) -> None:
+  """An entry point's `if __name__ == "__main__"`: define the flags, run `main`."""
+  from absl import app  # pylint: disable=g-import-not-at-top
+  define_flags()
+  app.run(main)
 
 
 def run_main(argv: list[str], config_from_flags: Callable[[Any], Any],
              train: Callable[[Any, str], Any],
-             run_errors: tuple[type[BaseException], ...],
+             run_errors: Optional[tuple[type[BaseException], ...]] = None,
              flag_values: Any = None) -> None:
   """The body of an entry point's absl `main`.
 
   Quiets orbax's INFO logging unless --verbosity is given, turns a bad flag
   (ValueError / FileNotFoundError from `config_from_flags`) into a usage
   error before any work, runs `train(config, --workdir)`, and turns the
-  `run_errors` it raises (NaN, corrupt checkpoint, ...) into one `ERROR:` line
-  on stderr and exit status 1. `flag_values`: default `absl.flags.FLAGS`.
+  `run_errors` it raises (default `train.run.RUN_ERRORS`: NaN, corrupt
+  checkpoint, bad data, ...) into one `ERROR:` line on stderr and exit
+  status 1. `flag_values`: default `absl.flags.FLAGS`.
   """
   import sys  # pylint: disable=g-import-not-at-top
   from absl import app, flags, logging  # pylint: disable=g-import-not-at-top
   flag_values = flags.FLAGS if flag_values is None else flag_values
+  if run_errors is None:
+    from train import run as run_lib  # pylint: disable=g-import-not-at-top
+    run_errors = run_lib.RUN_ERRORS
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   if "verbosity" in flag_values and not flag_values["verbosity"].present:

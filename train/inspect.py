@@ -17,8 +17,11 @@ from typing import Any, Optional
 import jax
 import numpy as np
 
-from train import a2c
+from bpm_jax import xla
+from train import a2c_learner
+from train import a2c_train
 from train import sweep
+from train.a2c_config import A2CConfig
 
 
 # One recorded episode (batch element 0) as NumPy arrays. Keys: `modulation`
@@ -28,7 +31,7 @@ Episode = dict
 
 
 def run_episode(workdir: str, seed_index: int = 0, key: Optional[jax.Array] = None,
-                step: Optional[int] = None) -> tuple[a2c.A2CConfig, Any, Episode]:
+                step: Optional[int] = None) -> tuple[A2CConfig, Any, Episode]:
   """Restores a workdir's checkpoint and records one episode of one agent.
 
   Args:
@@ -39,18 +42,18 @@ def run_episode(workdir: str, seed_index: int = 0, key: Optional[jax.Array] = No
     step: checkpoint iteration (default: the latest).
 
   Returns:
-    (config, learner, Episode).
+    (config, A2CSpec, Episode).
   """
-  config, state, _ = a2c.restore_state(workdir, step=step)
+  config, state, _ = a2c_train.restore_state(workdir, step=step)
   if not 0 <= seed_index < config.num_seeds:
     raise ValueError(f"seed_index={seed_index} is out of range: the run has "
                      f"{config.num_seeds} seed(s).")
-  learner = a2c.make_learner(config)
+  spec = a2c_learner.make_spec(config)
   params = jax.tree.map(lambda x: x[seed_index], state.params)
   key = jax.random.key(1234) if key is None else key
-  rollout = jax.jit(lambda p, k, h: learner.rollout(p, k, h, 1, record=True))
+  rollout = jax.jit(lambda p, k, h: a2c_learner.rollout(spec, p, k, h, 1, record=True))
   hparams = sweep.agent_hparams(config, workdir, seed_index)  # A sweep's own setting.
-  rollout = a2c.compile_fn(rollout, config, params, key, hparams)
+  rollout = xla.compile(rollout, params, key, hparams, fast=config.fast_compile)
   trajectory = jax.device_get(rollout(params, key, hparams))
   first = lambda x: np.asarray(x)[:, 0]  # [T, B, ...] -> [T, ...]
   episode = Episode(
@@ -59,10 +62,10 @@ def run_episode(workdir: str, seed_index: int = 0, key: Optional[jax.Array] = No
       env_state=jax.tree.map(first, trajectory.env_state))
   if isinstance(trajectory.info, dict) and "is_go" in trajectory.info:
     episode["is_go"] = first(trajectory.info["is_go"]).astype(bool)
-  return config, learner, episode
+  return config, spec, episode
 
 
-def plot_modulation(config: a2c.A2CConfig, episode: Episode, out: str) -> str:
+def plot_modulation(config: A2CConfig, episode: Episode, out: str) -> str:
   """Two panels: m(t) per modulator, and the reward at each step; returns `out`."""
   from matplotlib.backends.backend_agg import FigureCanvasAgg  # pylint: disable=g-import-not-at-top
   from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
@@ -101,12 +104,12 @@ def plot_modulation(config: a2c.A2CConfig, episode: Episode, out: str) -> str:
 def inspect_workdir(workdir: str, out: str, seed_index: int = 0,
                     gif: Optional[str] = None) -> dict[str, str]:
   """Writes the modulation plot (and the maze GIF); returns {kind: path}."""
-  config, learner, episode = run_episode(workdir, seed_index)
+  config, spec, episode = run_episode(workdir, seed_index)
   written = {"modulation": plot_modulation(config, episode, out)}
   if config.env == "GridMaze-v0":
     from envs import render  # pylint: disable=g-import-not-at-top
     gif = gif or os.path.join(os.path.dirname(os.path.abspath(out)), "episode.gif")
-    written["gif"] = render.save_maze_gif(learner.env, episode["env_state"], gif)
+    written["gif"] = render.save_maze_gif(spec.env, episode["env_state"], gif)
   return written
 
 

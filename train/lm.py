@@ -65,7 +65,7 @@ from bpm_jax import xla
 from bpm_jax.config import NETWORKS
 from train import checkpoint as checkpoint_lib
 from train import flags as flags_lib
-from train.flags import check_float, check_int
+from train.validate import check_float, check_int
 from train import metrics as metrics_lib
 
 Array = jax.Array

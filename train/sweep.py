@@ -5,12 +5,12 @@
         --num_seeds=3 --iterations=2000 --workdir=runs/sweep_cue
 
 The grid is the Cartesian product of the `--sweep` values. Only the traced
-hyperparameters (`train.config.HParams`: learning_rate, adam_eps,
+hyperparameters (`train.a2c_config.A2CHParams`: learning_rate, adam_eps,
 grad_clip_norm, discount, value_coef, entropy_coef, clip_value) can be swept:
 they change numbers, not shapes, so one compiled program trains them all.
 With G settings and S seeds per setting the sweep is one `train.a2c` run of
 G*S agents: agent `a = g*S + s` trains setting g with `jax.random.key(seed + a)`,
-and its hyperparameters are leaf `a` of an [G*S] `HParams`. Everything of
+and its hyperparameters are leaf `a` of an [G*S] `A2CHParams`. Everything of
 `train.a2c` applies: metrics.csv (a `reward_seed<a>` column per agent),
 TensorBoard events, checkpoints, `--resume`, the NaN guard.
 
@@ -35,9 +35,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from train import a2c
+from train import a2c_train
 from train import checkpoint as checkpoint_lib
+from train import run as run_lib
 from train import plot as plot_lib
-from train.config import HPARAM_FIELDS, A2CConfig, HParams
+from train.a2c_config import HPARAM_FIELDS, A2CConfig, A2CHParams
 
 SWEEP_JSON = "sweep.json"
 SWEEP_CSV = "sweep.csv"
@@ -87,14 +89,14 @@ def check_grid(config: A2CConfig, grid: Sequence[Setting]) -> None:
 
 
 def stack_hparams(config: A2CConfig, grid: Sequence[Setting],
-                  seeds_per_setting: int) -> HParams:
-  """[G*S] HParams: agent g*S + s gets setting g (base `config` for fields not swept)."""
+                  seeds_per_setting: int) -> A2CHParams:
+  """[G*S] A2CHParams: agent g*S + s gets setting g (base `config` for fields not swept)."""
   base = config.hparams()
   leaves = {}
   for name in HPARAM_FIELDS:
     per_setting = [setting.get(name, float(getattr(base, name))) for setting in grid]
     leaves[name] = jnp.asarray(np.repeat(per_setting, seeds_per_setting), jnp.float32)
-  return HParams(**leaves)
+  return A2CHParams(**leaves)
 
 
 def save_sweep(workdir: str, grid: Sequence[Setting], seeds_per_setting: int) -> None:
@@ -113,7 +115,7 @@ def load_sweep(workdir: str) -> Optional[tuple[list[Setting], int]]:
   return list(saved["grid"]), int(saved["seeds_per_setting"])
 
 
-def agent_hparams(config: A2CConfig, workdir: str, agent: int) -> HParams:
+def agent_hparams(config: A2CConfig, workdir: str, agent: int) -> A2CHParams:
   """The hyperparameters agent `agent` of a `train.a2c`/`train.sweep` workdir was trained with.
 
   For a sweep, its setting's values (config.json holds only the base values);
@@ -189,7 +191,7 @@ def run_sweep(config: A2CConfig, grid: Sequence[Setting], workdir: str,
 
   Args:
     config: the base run; `num_seeds` is the number of seeds per setting.
-    grid: settings of `HParams` fields (see `parse_sweep`).
+    grid: settings of `A2CHParams` fields (see `parse_sweep`).
     workdir: output directory (train.a2c's files plus sweep.json/.csv/.png).
     smoothing: moving-average window of sweep.png.
   """
@@ -201,7 +203,7 @@ def run_sweep(config: A2CConfig, grid: Sequence[Setting], workdir: str,
   agents = config.replace(num_seeds=len(grid) * seeds_per_setting)
   hparams = stack_hparams(config, grid, seeds_per_setting)
   os.makedirs(workdir, exist_ok=True)
-  with checkpoint_lib.Checkpointer(os.path.join(workdir, a2c.CHECKPOINT_DIR)) as ckpt:
+  with checkpoint_lib.Checkpointer(os.path.join(workdir, run_lib.CHECKPOINT_DIR)) as ckpt:
     ckpt.step_to_resume(config.resume, "iteration")  # Refuses to overwrite a run.
   print(f"Sweep of {len(grid)} settings x {seeds_per_setting} seeds = "
         f"{agents.num_seeds} agents in one program:", flush=True)
@@ -210,7 +212,7 @@ def run_sweep(config: A2CConfig, grid: Sequence[Setting], workdir: str,
           f"{(g + 1) * seeds_per_setting - 1}): {label(setting)}", flush=True)
   if not config.resume or load_sweep(workdir) is None:
     save_sweep(workdir, grid, seeds_per_setting)
-  a2c.train_and_evaluate(agents, workdir, hparams)
+  a2c_train.train_and_evaluate(agents, workdir, hparams)
   rows = summarize(workdir, grid, seeds_per_setting)
   fieldnames = list(dict.fromkeys(k for row in rows for k in row))
   with open(os.path.join(workdir, SWEEP_CSV), "w", newline="") as f:
@@ -271,8 +273,7 @@ def main(argv):
   flags_lib.run_main(
       argv, grid_and_config_from_flags,
       lambda grid_config, workdir: run_sweep(grid_config[1], grid_config[0], workdir,
-                                             fv.sweep_smoothing),
-      (a2c.NonFiniteError, checkpoint_lib.CheckpointError, ValueError))
+                                             fv.sweep_smoothing))
 
 
 if __name__ == "__main__":

@@ -4,8 +4,9 @@ One frozen `A2CConfig` describes a whole run. Every field is also a flag of
 `python -m train.a2c` (same name). Fields that change shapes or the graph
 (sizes, network variant, env) are static; the numbers a sweep varies
 (learning rate, coefficients, clip value) are copied into the traced
-`HParams` pytree by `A2CConfig.hparams()`, so `train(key, hparams)` can be
-`jax.vmap`ped over them.
+`A2CHParams` pytree by `A2CConfig.hparams()`, so `train(key, hparams)` can be
+`jax.vmap`ped over them. The plasticity fields are those of
+`bpm_jax.config.PlasticityConfig` (derived, not re-declared).
 
     config = a2c_defaults("CueReward-v0", network="rnn", iterations=100)
 """
@@ -13,18 +14,18 @@ One frozen `A2CConfig` describes a whole run. Every field is also a flag of
 from __future__ import annotations
 
 import dataclasses
-import json
 import typing
 from typing import Any, Literal, Optional
 
 import flax.struct
 import jax.numpy as jnp
 
-from train.flags import check_choice, check_float, check_int
-from bpm_jax import xla
+import envs
+from bpm_jax import config as plasticity_config
 from bpm_jax import fused_step
-from bpm_jax.config import (ALPHA_KINDS, MODULATION_FNS, NETWORKS, TRACE_RULES,
-                            PlasticityConfig)
+from bpm_jax.config import PlasticityConfig
+from train.config_base import ConfigMixin, derived_fields, field
+from train.validate import check_choice, check_float, check_int
 
 EntropyKind = Literal["concentration", "entropy"]
 Baseline = Literal["batch0", "own"]
@@ -33,29 +34,24 @@ StepImpl = Literal["auto", "reference", "fast", "fused"]
 ENTROPY_KINDS: tuple[str, ...] = typing.get_args(EntropyKind)
 BASELINES: tuple[str, ...] = typing.get_args(Baseline)
 STEP_IMPLS: tuple[str, ...] = typing.get_args(StepImpl)
-ENV_IDS: tuple[str, ...] = ("CueReward-v0", "CueRewardFixedCues-v0", "GridMaze-v0")
+ENV_IDS: tuple[str, ...] = envs.registered_envs
 
 # The allowed values of each choice field.
-CHOICES: dict[str, tuple[str, ...]] = {
-    "env": ENV_IDS, "network": NETWORKS, "alpha_kind": ALPHA_KINDS,
-    "rule": TRACE_RULES, "modulation_fn": MODULATION_FNS,
-    "entropy_kind": ENTROPY_KINDS, "baseline": BASELINES, "step_impl": STEP_IMPLS,
-}
+CHOICES: dict[str, tuple[str, ...]] = dict(
+    plasticity_config.CHOICES, env=ENV_IDS, entropy_kind=ENTROPY_KINDS,
+    baseline=BASELINES, step_impl=STEP_IMPLS)
 
-# Fields that only steer the run (how long, how it logs, saves and compiles);
-# they may differ between a run and its `--resume`. All other fields must match.
+# Fields that only steer the run (how long, how it logs, saves and compiles,
+# which implementation of the same numbers it uses); they may differ between
+# a run and its `--resume`. All other fields must match.
 RUN_CONTROL_FIELDS = ("iterations", "chunk_size", "checkpoint_every",
-                      "keep_checkpoints", "resume", "progress", "fast_compile")
-
-
-def _field(default: Any, help_text: str) -> Any:
-  """A config field with its flag help text (`metadata["help"]`)."""
-  return dataclasses.field(default=default, metadata={"help": help_text})
+                      "keep_checkpoints", "resume", "progress", "fast_compile",
+                      "step_impl")
 
 
 @flax.struct.dataclass
-class HParams:
-  """The traced (vmappable) numbers of a run; every leaf is a [] float32.
+class A2CHParams:
+  """The traced (vmappable) numbers of an A2C run; every leaf is a [] float32.
 
   Attributes:
     learning_rate: Adam step size.
@@ -76,91 +72,96 @@ class HParams:
   clip_value: Any
 
 
-HPARAM_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(HParams))
+HPARAM_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(A2CHParams))
 
 
-def resolve_step_impl(plasticity: PlasticityConfig) -> str:
-  """What `step_impl="auto"` means here: `fused` if it covers the config and
-  its kernel builds on this (CPU) backend, else `fast`."""
+def resolve_step_impl(config: "A2CConfig") -> str:
+  """The implementation a run uses: `step_impl`, with `auto` made concrete.
+
+  `auto` is `fused` if the C++ kernels cover the config and build on this
+  (CPU) backend, else `fast`. Called when the learner is built (it may probe
+  for g++ and build the kernels), never when a config is constructed; all
+  implementations compute the same numbers.
+  """
+  if config.step_impl != "auto":
+    return config.step_impl
+  plasticity = config.plasticity
   if (plasticity.is_plastic and fused_step.unsupported_reason(plasticity) is None
       and fused_step.available()):
     return "fused"
   return "fast"
 
 
+_PlasticFields = derived_fields("_PlasticFields", PlasticityConfig)
+
+
 @dataclasses.dataclass(frozen=True)
-class A2CConfig:
+class A2CConfig(ConfigMixin, _PlasticFields):
   """A2C meta-training run (SPEC.md §5.3). Defaults: cue-reward task, `modplast`.
 
-  Use `a2c_defaults(env, ...)` to get the paper settings of another env.
+  The fields network ... eta_kind come from `PlasticityConfig`. Use
+  `a2c_defaults(env, ...)` to get the paper settings of another env.
   """
 
   # --- Task.
-  env: str = _field("CueReward-v0", "Environment id (see `envs.make`).")
-  episode_length: int = _field(
+  env: str = field("CueReward-v0", "Environment id (see `envs.make`).")
+  episode_length: int = field(
       120, "T, steps per episode (the env's max_steps_in_episode); one "
       "episode per iteration.")
-  maze_size: int = _field(
+  maze_size: int = field(
       9, "GridMaze only: odd side length (papers 9, reference README 13).")
-  env_reward: Optional[float] = _field(
+  env_reward: Optional[float] = field(
       None, "Reward magnitude of the task (maze 10); None: the env's default.")
-  # --- Network (SPEC.md §3.4).
-  network: str = _field("modplast", "Network type: rnn | plastic | modplast | retromod.")
-  hidden_size: int = _field(200, "H, recurrent neurons.")
-  alpha_kind: str = _field("full", "Plasticity coefficients: full | per_neuron | single.")
-  rule: str = _field("clip", "Hebbian trace rule: clip | decay | oja | soft_clip.")
-  modulation_fn: str = _field("tanh", "f of m(t) = f(h W_mod + b): tanh | sigmoid | identity.")
-  fan_out: bool = _field(False, "Modulation fan-out M(t) = m(t) V + u per neuron.")
-  num_modulators: int = _field(1, "K, neuromodulatory signals (paper: 1).")
-  partial_modulation: bool = _field(
-      False, "Half the neurons plain Hebbian (reference option fm=0).")
-  eta_init: float = _field(
+  # --- Network (SPEC.md §3.4; the plasticity variant fields are derived).
+  hidden_size: int = field(200, "H, recurrent neurons.")
+  eta_init: float = field(
       0.1, "Initial eta: Hebbian rate (plastic) / eligibility rate (retromod).")
-  init_scale: float = _field(0.01, "W, alpha ~ U(0, init_scale).")
-  clip_value: float = _field(1.0, "Hebbian trace bound c (traced hparam).")
-  step_impl: str = _field(
+  init_scale: float = field(0.01, "W, alpha ~ U(0, init_scale).")
+  clip_value: float = field(1.0, "Hebbian trace bound c (traced hparam).")
+  step_impl: str = field(
       "auto", "Plastic step: fused (C++ CPU kernels for the papers' "
       "configurations: alpha full, rule clip, one tanh modulator; equal to "
       "float32 rounding; ~2-3x faster than fast) | fast (custom VJP: same "
       "numbers as reference, less memory) | reference (plain autodiff) | auto "
-      "(fused where it applies and builds, i.e. on CPU, else fast; the choice "
-      "is saved in config.json).")
-  # --- A2C and optimiser (SPEC.md §5.3; the floats are traced, see HParams).
-  batch_size: int = _field(30, "B, episodes per iteration.")
-  learning_rate: float = _field(1e-4, "Adam step size.")
-  adam_eps: float = _field(1e-6, "Adam epsilon.")
-  grad_clip_norm: float = _field(2.0, "Global gradient-norm clip.")
-  discount: float = _field(0.9, "gamma in R_t = r_t + gamma R_{t+1}.")
-  value_coef: float = _field(0.1, "Weight of the value loss.")
-  entropy_coef: float = _field(
+      "(fused where it applies and builds, i.e. on CPU, else fast; resolved "
+      "when the run starts and recorded in config.json). Run control: a resumed "
+      "run may use another.")
+  # --- A2C and optimiser (SPEC.md §5.3; the floats are traced, see A2CHParams).
+  batch_size: int = field(30, "B, episodes per iteration.")
+  learning_rate: float = field(1e-4, "Adam step size.")
+  adam_eps: float = field(1e-6, "Adam epsilon.")
+  grad_clip_norm: float = field(2.0, "Global gradient-norm clip.")
+  discount: float = field(0.9, "gamma in R_t = r_t + gamma R_{t+1}.")
+  value_coef: float = field(0.1, "Weight of the value loss.")
+  entropy_coef: float = field(
       0.1, "Weight of the concentration penalty (or of the entropy bonus).")
-  entropy_kind: str = _field(
+  entropy_kind: str = field(
       "concentration", "concentration: +coef sum_a pi(a)^2 (reference); "
       "entropy: -coef H(pi).")
-  baseline: str = _field(
+  baseline: str = field(
       "batch0", "A2C baseline (SPEC.md §5.3): batch0 (the reference code: every "
       "episode's advantage uses V_t of batch element 0; cue-reward learns with "
       "it) | own (each episode's own V_t).")
-  burn_in: int = _field(
+  burn_in: int = field(
       101, "First iterations compute but do not apply gradients (the reference: "
       "101; 0: off).")
-  remat: bool = _field(
+  remat: bool = field(
       False, "Recompute the rollout step in the backward pass (jax.checkpoint).")
-  batch_groups: int = _field(
+  batch_groups: int = field(
       1, "G: roll out and backpropagate the B episodes as G sequential groups of "
       "B/G (gradients averaged; same loss). Smaller [B/G, H, H] traces stay in the "
       "CPU cache: faster plastic networks on CPU. G > 1 draws other random numbers "
-      "than G = 1.")
+      "than G = 1; with baseline=batch0 each group uses its own element 0.")
   # --- Run control.
-  iterations: int = _field(1000, "Training iterations (one batch of episodes each).")
-  seed: int = _field(0, "Agent s of num_seeds uses jax.random.key(seed + s).")
-  num_seeds: int = _field(1, "S, independent agents trained in one vmapped program.")
-  chunk_size: int = _field(10, "Iterations per jitted host call (lax.scan).")
-  checkpoint_every: int = _field(100, "Iterations between checkpoints.")
-  keep_checkpoints: int = _field(3, "How many of the latest checkpoints to keep.")
-  resume: bool = _field(False, "Continue from the latest checkpoint in the workdir.")
-  progress: bool = _field(True, "Show a tqdm progress bar (--noprogress: off).")
-  fast_compile: bool = _field(
+  iterations: int = field(1000, "Training iterations (one batch of episodes each).")
+  seed: int = field(0, "Agent s of num_seeds uses jax.random.key(seed + s).")
+  num_seeds: int = field(1, "S, independent agents trained in one vmapped program.")
+  chunk_size: int = field(10, "Iterations per jitted host call (lax.scan).")
+  checkpoint_every: int = field(100, "Iterations between checkpoints.")
+  keep_checkpoints: int = field(3, "How many of the latest checkpoints to keep.")
+  resume: bool = field(False, "Continue from the latest checkpoint in the workdir.")
+  progress: bool = field(True, "Show a tqdm progress bar (--noprogress: off).")
+  fast_compile: bool = field(
       False, "Compile with XLA backend optimisation level 0: about half the "
       "compile time, slower steps. For tiny runs, tests and CI.")
 
@@ -192,10 +193,8 @@ class A2CConfig:
     if self.env_reward is not None:
       check_float("env_reward", self.env_reward, positive=False)
     plasticity = self.plasticity  # PlasticityConfig's own cross-field checks.
-    if self.step_impl == "auto":
-      object.__setattr__(self, "step_impl", resolve_step_impl(plasticity))
     if self.step_impl == "fused" and plasticity.is_plastic:
-      try:
+      try:  # Pure Python: what the kernels cover (no toolchain probe).
         fused_step.check_supported(plasticity)
       except ValueError as e:
         raise ValueError(f"--step_impl=fused: {e}") from None
@@ -203,20 +202,11 @@ class A2CConfig:
   @property
   def plasticity(self) -> PlasticityConfig:
     """The static plasticity variant of the agent's recurrent layer."""
-    return PlasticityConfig(
-        network=self.network, alpha_kind=self.alpha_kind, rule=self.rule,
-        modulation_fn=self.modulation_fn, fan_out=self.fan_out,
-        num_modulators=self.num_modulators,
-        partial_modulation=self.partial_modulation)
+    return self.library_config(PlasticityConfig)
 
-  def hparams(self) -> HParams:
+  def hparams(self) -> A2CHParams:
     """The traced numbers of this config as [] float32 arrays."""
-    return HParams(**{name: jnp.float32(getattr(self, name)) for name in HPARAM_FIELDS})
-
-  def compiler_options(self) -> dict[str, Any]:
-    """XLA options for `Lowered.compile` (`bpm_jax.xla`'s, + opt level 0 if fast)."""
-    extra = {"xla_backend_optimization_level": 0} if self.fast_compile else {}
-    return xla.compiler_options(**extra)
+    return A2CHParams(**{name: jnp.float32(getattr(self, name)) for name in HPARAM_FIELDS})
 
   def env_kwargs(self) -> dict[str, Any]:
     """Keyword arguments of `envs.make(self.env, **kwargs)`."""
@@ -227,32 +217,11 @@ class A2CConfig:
       kwargs["reward"] = self.env_reward
     return kwargs
 
-  def replace(self, **changes) -> "A2CConfig":
-    return dataclasses.replace(self, **changes)
-
-  def to_dict(self) -> dict[str, Any]:
-    return dataclasses.asdict(self)
-
-  def to_json(self) -> str:
-    return json.dumps(self.to_dict(), indent=2, sort_keys=True)
-
-  @classmethod
-  def from_dict(cls, values: dict[str, Any]) -> "A2CConfig":
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-      raise ValueError(f"Unknown A2CConfig field(s) {unknown}; known: {sorted(known)}.")
-    return cls(**values)
-
-  @classmethod
-  def from_json(cls, text: str) -> "A2CConfig":
-    """A saved config; fields it predates take the value that run used."""
-    return cls.from_dict(dict(SAVED_BEFORE_FIELD_EXISTED, **json.loads(text)))
-
 
 # What a config.json written before a field existed ran with: `baseline`
-# arrived (default batch0) after runs that used each episode's own V_t.
-SAVED_BEFORE_FIELD_EXISTED: dict[str, Any] = {"baseline": "own"}
+# arrived (default batch0) after runs that used each episode's own V_t;
+# `eta_kind` was not a field (always scalar).
+A2CConfig.SAVED_BEFORE_FIELD_EXISTED = {"baseline": "own", "eta_kind": "scalar"}
 
 # Paper / reference settings per environment (SPEC.md §5.1, §5.2).
 _CUE_REWARD = dict(

@@ -1,0 +1,177 @@
+"""The A2C host loop: chunks of jitted iterations over the run scaffold (`train.run`).
+
+    config = a2c_defaults("GridMaze-v0", network="modplast", iterations=2000)
+    state, rows = train_and_evaluate(config, "runs/maze_modplast")
+
+Outputs in the workdir: config.json (with `step_impl` as used), metrics.csv
+(+ TensorBoard events), checkpoints/, curves.png. `--resume` continues after
+the latest checkpoint with the same numbers as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Optional
+
+import jax
+import numpy as np
+
+from train import a2c_learner as learner_lib
+from train import checkpoint as checkpoint_lib
+from train import metrics as metrics_lib
+from train import run as run_lib
+from train.a2c_config import A2CConfig, A2CHParams, RUN_CONTROL_FIELDS
+from train.a2c_learner import A2CSpec, A2CTrainState
+
+CURVES_PNG = "curves.png"
+# Per-iteration metrics averaged over the agents (the reward is per agent too).
+_MEAN_METRICS = ("loss", "policy_loss", "value_loss", "entropy_loss", "grad_norm",
+                 "modulation_abs")
+
+
+def _init_fn(spec: A2CSpec, per_agent: bool):
+  return jax.vmap(lambda key, hparams: learner_lib.init(spec, key, hparams),
+                  in_axes=(0, 0 if per_agent else None))
+
+
+def _run_fn(spec: A2CSpec, num_iterations: int, per_agent: bool):
+  return jax.vmap(lambda state, hparams: learner_lib.run(spec, state, hparams,
+                                                         num_iterations),
+                  in_axes=(0, 0 if per_agent else None))
+
+
+def init_state(config: A2CConfig, hparams: Optional[A2CHParams] = None) -> A2CTrainState:
+  """The seed-stacked initial A2CTrainState of a run (leaves [S, ...]).
+
+  `hparams` leaves are scalars (all agents) or [S] (one per agent).
+  """
+  spec = learner_lib.make_spec(config)
+  hparams = config.hparams() if hparams is None else hparams
+  keys = run_lib.seed_keys(config.seed, config.num_seeds)
+  per_agent = learner_lib.hparams_per_agent(hparams, config.num_seeds)
+  fn, _ = run_lib.compiled(("a2c_init", spec.config, per_agent),
+                           lambda: _init_fn(spec, per_agent), keys, hparams,
+                           fast_compile=config.fast_compile)
+  return fn(keys, hparams)
+
+
+def abstract_state(spec: A2CSpec, num_seeds: int) -> A2CTrainState:
+  """Shapes/dtypes of the seed-stacked A2CTrainState (for restoring)."""
+  keys = run_lib.seed_keys(0, num_seeds)
+  return jax.eval_shape(_init_fn(spec, False), keys, spec.config.hparams())
+
+
+def metric_fieldnames(num_seeds: int) -> list[str]:
+  return (["iteration"] + [f"reward_seed{s}" for s in range(num_seeds)]
+          + ["reward_median", *_MEAN_METRICS, "env_steps_per_s"])
+
+
+def _rows(metrics: dict, start: int, steps_per_s: float) -> list[dict]:
+  """Per-iteration CSV rows from chunk metrics with leaves [S, N]."""
+  rewards = np.asarray(metrics["reward"])  # [S, N]
+  rows = []
+  for n in range(rewards.shape[1]):
+    row = {"iteration": start + n}
+    row.update({f"reward_seed{s}": float(rewards[s, n]) for s in range(rewards.shape[0])})
+    row["reward_median"] = float(np.median(rewards[:, n]))
+    for name in _MEAN_METRICS:
+      row[name] = float(np.mean(np.asarray(metrics[name])[:, n]))
+    row["env_steps_per_s"] = steps_per_s
+    rows.append(row)
+  return rows
+
+
+def load_config(workdir: str) -> A2CConfig:
+  with open(os.path.join(workdir, run_lib.CONFIG_JSON)) as f:
+    return A2CConfig.from_json(f.read())
+
+
+def restore_state(workdir: str, config: Optional[A2CConfig] = None,
+                  step: Optional[int] = None) -> tuple[A2CConfig, A2CTrainState, int]:
+  """Loads (config, seed-stacked A2CTrainState, iteration) from a workdir's checkpoint."""
+  config = config or load_config(workdir)
+  spec = learner_lib.make_spec(config)
+  with checkpoint_lib.Checkpointer(os.path.join(workdir, run_lib.CHECKPOINT_DIR),
+                                   config.keep_checkpoints) as ckpt:
+    state, metadata = ckpt.restore(abstract_state(spec, config.num_seeds), step)
+  return config, state, int(metadata.get("iteration", int(np.asarray(state.iteration)[0])))
+
+
+def train_and_evaluate(config: A2CConfig, workdir: str,
+                       hparams: Optional[A2CHParams] = None
+                       ) -> tuple[A2CTrainState, list[dict[str, Any]]]:
+  """Trains `config.num_seeds` agents; writes config, metrics, checkpoints, curves.
+
+  Args:
+    config: the run.
+    workdir: output directory: config.json, metrics.csv, TensorBoard events,
+      checkpoints/, curves.png.
+    hparams: traced hyperparameters; default `config.hparams()`. Leaves are
+      scalars (every agent) or [num_seeds] (one setting per agent: a sweep,
+      see `train/sweep.py`).
+
+  Returns:
+    (final seed-stacked A2CTrainState, the metric rows written by this call).
+
+  Raises:
+    NonFiniteError: NaN/inf in loss, gradient or parameters (nothing of the
+      bad iteration is saved; the last good checkpoint stays).
+    checkpoint_lib.CheckpointError: unreadable checkpoint on --resume.
+  """
+  hparams = config.hparams() if hparams is None else hparams
+  per_agent = learner_lib.hparams_per_agent(hparams, config.num_seeds)
+  spec = learner_lib.make_spec(config)
+  config = config.replace(step_impl=spec.config.step_impl)  # As used: config.json.
+  with run_lib.Run(workdir, resume=config.resume, keep_checkpoints=config.keep_checkpoints,
+                   unit="iteration", settings=config.to_dict(),
+                   run_control=RUN_CONTROL_FIELDS,
+                   read_saved=A2CConfig.saved_settings) as run:
+    state, _ = run.restore_or_init(
+        abstract_state=lambda: abstract_state(spec, config.num_seeds),
+        init=lambda: init_state(config, hparams))
+    start = int(np.asarray(state.iteration)[0])
+    run.write_config(config.to_dict())
+    run.open_metrics(metric_fieldnames(config.num_seeds),
+                     keep=lambda row: int(float(row["iteration"])) < start)
+    print(metrics_lib.format_config(
+        config.to_dict(), f"A2C on {config.env} ({config.network}); paper defaults "
+        f"of {config.env} unless set. Workdir: {run.workdir}"), flush=True)
+    if start:
+      print(f"Resuming from the checkpoint at iteration {start}.", flush=True)
+
+    env_steps = config.num_seeds * config.batch_size * config.episode_length
+    progress = run.progress(config.iterations, start, config.progress, desc=config.network)
+    all_rows = []
+    iteration = start
+    while iteration < config.iterations:
+      next_ckpt = (iteration // config.checkpoint_every + 1) * config.checkpoint_every
+      n = min(config.chunk_size, next_ckpt - iteration, config.iterations - iteration)
+      fn, compile_seconds = run_lib.compiled(
+          ("a2c_run", spec.config, n, per_agent), lambda: _run_fn(spec, n, per_agent),
+          state, hparams, fast_compile=config.fast_compile)
+      if compile_seconds:
+        progress.write(f"Compiled the {n}-iteration chunk in {compile_seconds:.1f} s.")
+      watch = metrics_lib.Stopwatch()
+      new_state, chunk_metrics = fn(state, hparams)
+      chunk_metrics = jax.device_get(chunk_metrics)
+      rows = _rows(chunk_metrics, iteration, env_steps * n / watch.lap())
+      run.check_finite(
+          chunk_metrics["finite"],  # [S, N]
+          describe=lambda bad, seeds: (f"loss, gradient or parameters at iteration "
+                                       f"{iteration + bad} (seed index {seeds})"),
+          good_rows=lambda bad: rows[:bad], lost="that state was not saved",
+          hint="Lower --learning_rate or --grad_clip_norm, or check the "
+          "hyperparameters.")
+      state = new_state
+      run.write_rows(rows)
+      all_rows += rows
+      iteration += n
+      progress.update(n, median_reward=rows[-1]["reward_median"],
+                      env_steps_per_s=rows[-1]["env_steps_per_s"])
+      if iteration % config.checkpoint_every == 0 or iteration == config.iterations:
+        run.save(iteration, state, {"iteration": iteration, "config": config.to_dict()})
+    run.close_progress()
+    if all_rows or os.path.exists(run.metrics_path):
+      from train import plot  # pylint: disable=g-import-not-at-top
+      plot.plot_workdirs([run.workdir], os.path.join(run.workdir, CURVES_PNG))
+    return state, all_rows

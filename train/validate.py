@@ -1,0 +1,35 @@
+"""Validators of config fields: one clear ValueError naming the field and the rule.
+
+    check_choice("network", "lstm", ("rnn", "plastic"))
+    # ValueError: network='lstm' is not a known option; choose one of rnn, plastic.
+
+Used by every trainer config's `__post_init__`; the flag layer turns the
+message into `--network='lstm' is not ...`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+
+def check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
+  """ValueError naming the field, the bad value and the allowed ones."""
+  if value not in allowed:
+    raise ValueError(f"{name}={value!r} is not a known option; choose one of "
+                     f"{', '.join(allowed)}.")
+
+
+def check_int(name: str, value: Any, minimum: int) -> None:
+  """ValueError unless `value` is an int >= minimum."""
+  if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    raise ValueError(f"{name}={value!r} is invalid: it must be an integer >= {minimum}.")
+
+
+def check_float(name: str, value: Any, positive: bool) -> None:
+  """ValueError unless `value` is a finite number > 0 (positive) or >= 0."""
+  ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+  ok = ok and (value > 0 if positive else value >= 0)
+  if not ok:
+    bound = "> 0" if positive else ">= 0"
+    raise ValueError(f"{name}={value!r} is invalid: it must be a finite number {bound}.")
