@@ -37,7 +37,8 @@ class ActorCritic(nn.Module):
     clip_value: trace bound c; may be a traced [] scalar.
     eta_init: initial eta (0.1 cue-reward, 0.01 maze retromod).
     init_scale: W, alpha ~ U(0, init_scale) (SPEC.md §3.4: 0.01).
-    step_impl: plastic step implementation, `reference` or `fast`.
+    step_impl: plastic step implementation, `reference`, `fast` or `fused`
+      (see `cells.PlasticRNNCell`).
   """
 
   num_actions: int

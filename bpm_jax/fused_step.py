@@ -33,6 +33,15 @@ Gradient conventions are those of JAX's autodiff of the reference (see
 on a bound, 0 outside, and the clip value c gets its true cotangent. Sums are
 taken in a different order than XLA's, so numbers agree with the reference to
 float32 rounding, not bit for bit; the same inputs give the same numbers.
+
+The kernels' operands are passed by name through `Operands`, whose field
+order is the one order of both FFI calls (and of the C++ handlers' bindings):
+
+  x h0 hebb0 elig0 w alpha eta w_mod b_mod clip h m hebb_hist elig_hist
+  g_h g_m g_hebb g_elig
+
+The forward takes the first ten, the backward all but x, hebb0 and elig0, and
+the backward returns the cotangents of the forward's operands in their order.
 """
 
 from __future__ import annotations
@@ -47,8 +56,10 @@ import platform
 import shutil
 import subprocess
 import tempfile
+from typing import NamedTuple
 import warnings
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -66,6 +77,47 @@ _TARGETS = {  # FFI target name -> symbol in the library
     "bpm_plastic_seq_fwd": "BpmPlasticSeqFwd",
     "bpm_plastic_seq_bwd": "BpmPlasticSeqBwd",
 }
+
+
+class Operands(NamedTuple):
+  """The kernels' operands by name, in THE order of both FFI calls.
+
+  This field order is that of the `.Arg<>()` bindings of both C++ handlers
+  (bpm_jax/kernels/plastic_step.cc); each kernel takes the fields it uses in
+  this order (`_FWD_OPERANDS`, `_BWD_OPERANDS`), the rest are None. Shapes
+  per agent (under `jax.vmap` every operand gets the same leading dims).
+  """
+
+  # The forward's operands; the backward returns their cotangents.
+  x: Array | None = None          # [T, B, H] input drives x_t W_in + b
+  h0: Array | None = None         # [B, H]
+  hebb0: Array | None = None      # [B, H, H]
+  elig0: Array | None = None      # [B, H, H] (retromod) or a [1] placeholder
+  w: Array | None = None          # [H, H]
+  alpha: Array | None = None      # [H, H]
+  eta: Array | None = None        # [] (0 where unused)
+  w_mod: Array | None = None      # [H] (0 where unused)
+  b_mod: Array | None = None      # [] (0 where unused)
+  clip: Array | None = None       # []
+  # The forward's results the backward reads, and the final cotangents.
+  h: Array | None = None          # [T, B, H]
+  m: Array | None = None          # [T, B]
+  hebb_hist: Array | None = None  # [T, B, H, H]: Hebb_tm1 of each step
+  elig_hist: Array | None = None  # [T, B, H, H] (retromod) or [1]
+  g_h: Array | None = None        # [T, B, H]
+  g_m: Array | None = None        # [T, B]
+  g_hebb: Array | None = None     # [B, H, H]: cotangent of the final Hebb
+  g_elig: Array | None = None     # [B, H, H] or [1]
+
+
+_FWD_OPERANDS = Operands._fields[:Operands._fields.index("clip") + 1]
+_BWD_OPERANDS = tuple(f for f in Operands._fields if f not in ("x", "hebb0", "elig0"))
+_FWD_RESULTS = ("h", "m", "hebb", "elig", "hebb_hist", "elig_hist")
+_BWD_RESULTS = tuple(f"g_{f}" for f in _FWD_OPERANDS)
+# The backward overwrites the final trace cotangents with the initial ones in
+# place (for one step in a scan this saves XLA a copy of [B, H, H] per step).
+_BWD_ALIASES = {_BWD_OPERANDS.index("g_hebb"): _BWD_RESULTS.index("g_hebb0"),
+                _BWD_OPERANDS.index("g_elig"): _BWD_RESULTS.index("g_elig0")}
 
 
 def unsupported_reason(config: PlasticityConfig) -> str | None:
@@ -177,7 +229,8 @@ def available() -> bool:
 
 
 def _check_inputs(config: PlasticityConfig, state: plasticity.RNNState, x: Array,
-                  params: plasticity.PlasticParams, x_rank: int, name: str) -> None:
+                  params: plasticity.PlasticParams, clip_value: Array, x_rank: int,
+                  name: str) -> None:
   check_supported(config)
   if jax.default_backend() != "cpu":
     raise ValueError(
@@ -190,12 +243,25 @@ def _check_inputs(config: PlasticityConfig, state: plasticity.RNNState, x: Array
   dtypes = {jnp.dtype(a.dtype) for a in jax.tree.leaves((params, state, x))}
   if dtypes != {jnp.dtype(jnp.float32)}:
     raise ValueError(f"step_impl='fused' computes in float32; got dtypes {dtypes}.")
+  # The kernels read these buffers by the sizes of h and alpha: check them
+  # against each other (AssertionError naming the shapes, as rlax does).
+  batch, size = state.h.shape
+  chex.assert_shape([params.w, params.alpha], (size, size))
+  chex.assert_shape(state.traces.hebb, (batch, size, size))
+  if config.has_eligibility:
+    chex.assert_equal_shape([state.traces.hebb, state.traces.elig])
+  if params.eta is not None:
+    chex.assert_rank(params.eta, 0)
+  if config.is_modulated:
+    chex.assert_shape(params.mod_kernel, (size, 1))
+    chex.assert_shape(params.mod_bias, (1,))
+  chex.assert_rank(clip_value, 0)
   _register()
 
 
 def _kernel_params(params: plasticity.PlasticParams, config: PlasticityConfig,
-                   size: int) -> tuple[Array, Array, Array, Array]:
-  """(eta [], w_mod [H], b_mod [], elig placeholder) with zeros where unused."""
+                   size: int) -> tuple[Array, Array, Array]:
+  """(eta [], w_mod [H], b_mod []) with zeros where unused."""
   zero = jnp.zeros((), jnp.float32)
   eta = params.eta if params.eta is not None else zero
   if config.is_modulated:
@@ -205,10 +271,15 @@ def _kernel_params(params: plasticity.PlasticParams, config: PlasticityConfig,
   return eta, w_mod, b_mod
 
 
-def _elig_or_placeholder(state: plasticity.RNNState) -> Array:
-  """E, or a [1] placeholder for the kernels' E slot when there is none."""
+def _forward_operands(params: plasticity.PlasticParams, state: plasticity.RNNState,
+                      x: Array, config: PlasticityConfig, clip_value: Array) -> Operands:
+  """The forward's operands; E is a [1] placeholder when there is none."""
+  eta, w_mod, b_mod = _kernel_params(params, config, state.h.shape[-1])
   elig = state.traces.elig
-  return jnp.zeros((1,), jnp.float32) if elig is None else elig
+  return Operands(x=x, h0=state.h, hebb0=state.traces.hebb,
+                  elig0=jnp.zeros((1,), jnp.float32) if elig is None else elig,
+                  w=params.w, alpha=params.alpha, eta=eta, w_mod=w_mod, b_mod=b_mod,
+                  clip=clip_value)
 
 
 def rnn_step_fused(params: plasticity.PlasticParams, state: plasticity.RNNState,
@@ -228,12 +299,10 @@ def rnn_step_fused(params: plasticity.PlasticParams, state: plasticity.RNNState,
   Returns:
     (new state, (h_t [B, H], m_t [B, 1])), as the vmapped reference.
   """
-  _check_inputs(config, state, x_drive, params, 2, "rnn_step_fused")
   clip_value = jnp.asarray(clip_value, jnp.float32)
-  eta, w_mod, b_mod = _kernel_params(params, config, state.h.shape[-1])
-  h, m, hebb, elig = _fused(config.network, state.traces.hebb,
-                            _elig_or_placeholder(state), state.h, x_drive, params.w,
-                            params.alpha, eta, w_mod, b_mod, clip_value)
+  _check_inputs(config, state, x_drive, params, clip_value, 2, "rnn_step_fused")
+  h, m, hebb, elig = _fused(config.network, _forward_operands(params, state, x_drive,
+                                                              config, clip_value))
   traces = plasticity.Traces(hebb=hebb, elig=elig if config.has_eligibility else None)
   return plasticity.RNNState(h=h, traces=traces), (h, m[:, None])
 
@@ -262,13 +331,10 @@ def rnn_sequence_fused(params: plasticity.PlasticParams, state: plasticity.RNNSt
   Returns:
     (final state, (h [T, B, H], m [T, B, 1])).
   """
-  _check_inputs(config, state, x_drives, params, 3, "rnn_sequence_fused")
   clip_value = jnp.asarray(clip_value, jnp.float32)
-  eta, w_mod, b_mod = _kernel_params(params, config, state.h.shape[-1])
-  h, m, hebb, elig = _fused_sequence(config.network, x_drives, state.h,
-                                     state.traces.hebb, _elig_or_placeholder(state),
-                                     params.w, params.alpha, eta, w_mod, b_mod,
-                                     clip_value)
+  _check_inputs(config, state, x_drives, params, clip_value, 3, "rnn_sequence_fused")
+  h, m, hebb, elig = _fused_sequence(config.network, _forward_operands(
+      params, state, x_drives, config, clip_value))
   traces = plasticity.Traces(hebb=hebb, elig=elig if config.has_eligibility else None)
   return plasticity.RNNState(h=h[-1], traces=traces), (h, m[..., None])
 
@@ -277,118 +343,124 @@ def _shape(x: Array) -> jax.ShapeDtypeStruct:
   return jax.ShapeDtypeStruct(x.shape, x.dtype)
 
 
-def _kernel(target: str, network: str, out_shapes, aliases, *args, **attrs):
-  """Calls an FFI target.
+def _kernel(target: str, network: str, names: tuple[str, ...], operands: Operands,
+            out_shapes, aliases=None, **attrs):
+  """Calls an FFI target with the `operands` fields `names` (in Operands order).
 
   Under `jax.vmap` (seeds, sweeps) every operand is broadcast to the same
   leading dims and the kernel loops over those agents itself
   ("broadcast_all"; "sequential" would copy each agent's outputs, e.g. the
   576 MB trace history, into a stacked buffer).
 
-  aliases: {input index: output index} buffers the kernel updates in place.
+  aliases: {operand index: result index} buffers the kernel updates in place.
   """
+  args = [getattr(operands, name) for name in names]
+  missing = [name for name, arg in zip(names, args) if arg is None]
+  if missing:
+    raise ValueError(f"{target}: operands {missing} are missing.")
   attrs = {k: np.int64(v) for k, v in attrs.items()}
   return jax.ffi.ffi_call(target, out_shapes, vmap_method="broadcast_all",
                           input_output_aliases=aliases)(
                               *args, network=np.int64(_NETWORK_CODE[network]), **attrs)
 
 
-def _zero_unused(network: str, g_elig: Array, g_eta: Array, g_w_mod: Array,
-                 g_b_mod: Array) -> tuple[Array, Array, Array, Array]:
+def _zero_unused(network: str, grads: Operands) -> Operands:
   """Zero cotangents for the placeholders a network does not use (E, eta, w_mod, b_mod)."""
+  zero = lambda **fields: {k: jnp.zeros_like(v) for k, v in fields.items()}
   if network != "retromod":
-    g_elig = jnp.zeros_like(g_elig)
+    grads = grads._replace(**zero(elig0=grads.elig0))
   if network == "plastic":
-    g_w_mod, g_b_mod = jnp.zeros_like(g_w_mod), jnp.zeros_like(g_b_mod)
+    grads = grads._replace(**zero(w_mod=grads.w_mod, b_mod=grads.b_mod))
   elif network == "modplast":
-    g_eta = jnp.zeros_like(g_eta)
-  return g_elig, g_eta, g_w_mod, g_b_mod
+    grads = grads._replace(**zero(eta=grads.eta))
+  return grads
 
 
-def _sequence_forward(network, x, h0, hebb0, elig0, w, alpha, eta, w_mod, b_mod, clip,
-                      save_history):
+def _sequence_forward(network: str, ops: Operands, save_history: bool):
   """(h [T, B, H], m [T, B], traces, E, histories of the old traces or [1])."""
-  steps = x.shape[0]
+  steps = ops.x.shape[0]
   retro = network == "retromod"
   history = lambda trace, keep: jax.ShapeDtypeStruct(
       (steps,) + trace.shape if keep else (1,), trace.dtype)
-  out_shapes = (_shape(x), jax.ShapeDtypeStruct(x.shape[:2], x.dtype), _shape(hebb0),
-                _shape(elig0), history(hebb0, save_history),
-                history(elig0, save_history and retro))
-  return _kernel("bpm_plastic_seq_fwd", network, out_shapes, None,
-                 x, h0, hebb0, elig0, w, alpha, eta, w_mod, b_mod, clip,
+  shapes = {"h": _shape(ops.x), "m": jax.ShapeDtypeStruct(ops.x.shape[:2], ops.x.dtype),
+            "hebb": _shape(ops.hebb0), "elig": _shape(ops.elig0),
+            "hebb_hist": history(ops.hebb0, save_history),
+            "elig_hist": history(ops.elig0, save_history and retro)}
+  return _kernel("bpm_plastic_seq_fwd", network, _FWD_OPERANDS, ops,
+                 tuple(shapes[name] for name in _FWD_RESULTS),
                  save_history=save_history)
 
 
-def _sequence_backward(network, h0, h, m, hebb_hist, elig_hist, w, alpha, eta, w_mod,
-                       b_mod, clip, g_h, g_m, g_hebb, g_elig):
-  """Cotangents (x, h0, Hebb_0, E_0, w, alpha, eta, w_mod, b_mod, clip) of T steps."""
-  out_shapes = tuple(map(_shape, (h, h0, g_hebb, g_elig, w, alpha, eta, w_mod, b_mod,
-                                  clip)))
-  # The running trace cotangents overwrite the final ones in place (for one
-  # step in a scan this saves XLA a copy of [B, H, H] per step).
-  (g_x, g_h0, g_hebb0, g_elig0, g_w, g_alpha, g_eta, g_w_mod, g_b_mod,
-   g_clip) = _kernel("bpm_plastic_seq_bwd", network, out_shapes, {12: 2, 13: 3},
-                     h0, h, m, hebb_hist, elig_hist, w, alpha, eta, w_mod, clip, g_h,
-                     g_m, g_hebb, g_elig)
-  g_elig0, g_eta, g_w_mod, g_b_mod = _zero_unused(network, g_elig0, g_eta, g_w_mod,
-                                                   g_b_mod)
-  return (g_x, g_h0, g_hebb0, g_elig0, g_w, g_alpha, g_eta, g_w_mod, g_b_mod, g_clip)
+def _sequence_backward(network: str, ops: Operands) -> Operands:
+  """The cotangents of the forward's operands (fields x .. clip) of T steps.
+
+  ops: the backward's fields (`_BWD_OPERANDS`).
+  """
+  shapes = {"g_x": _shape(ops.h), "g_h0": _shape(ops.h0), "g_hebb0": _shape(ops.g_hebb),
+            "g_elig0": _shape(ops.g_elig)}
+  shapes.update({f"g_{f}": _shape(getattr(ops, f))
+                 for f in ("w", "alpha", "eta", "w_mod", "b_mod", "clip")})
+  grads = _kernel("bpm_plastic_seq_bwd", network, _BWD_OPERANDS, ops,
+                  tuple(shapes[name] for name in _BWD_RESULTS), _BWD_ALIASES)
+  return _zero_unused(network, Operands(**dict(zip(_FWD_OPERANDS, grads))))
 
 
-# One step: the sequence kernels with T = 1. The forward keeps no history (the
-# residual is the step's input Hebb_tm1 itself, which the scan saves).
+def _params_of(ops: Operands) -> dict[str, Array]:
+  """The operands shared by the episodes (w .. clip), by name."""
+  return {f: getattr(ops, f) for f in ("w", "alpha", "eta", "w_mod", "b_mod", "clip")}
 
 
-def _step_forward(network, hebb, elig, h_tm1, x, w, alpha, eta, w_mod, b_mod, clip):
-  h, m, hebb, elig, _, _ = _sequence_forward(network, x[None], h_tm1, hebb, elig, w,
-                                             alpha, eta, w_mod, b_mod, clip, False)
+# One step: the sequence kernels with T = 1 (ops.x [B, H]). The forward keeps
+# no history (the residual is the step's input Hebb_tm1 itself, which the scan
+# saves).
+
+
+def _step_forward(network: str, ops: Operands):
+  h, m, hebb, elig, _, _ = _sequence_forward(network, ops._replace(x=ops.x[None]),
+                                             False)
   return h[0], m[0], hebb, elig
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _fused(network, hebb, elig, h_tm1, x, w, alpha, eta, w_mod, b_mod, clip):
-  return _step_forward(network, hebb, elig, h_tm1, x, w, alpha, eta, w_mod, b_mod, clip)
+def _fused(network: str, ops: Operands):
+  return _step_forward(network, ops)
 
 
-def _fused_fwd(network, hebb, elig, h_tm1, x, w, alpha, eta, w_mod, b_mod, clip):
-  outputs = _step_forward(network, hebb, elig, h_tm1, x, w, alpha, eta, w_mod, b_mod,
-                          clip)
+def _fused_fwd(network, ops):
+  outputs = _step_forward(network, ops)
   h, m = outputs[0], outputs[1]
-  return outputs, (hebb, elig, h_tm1, h, m, w, alpha, eta, w_mod, b_mod, clip)
+  elig_hist = ops.elig0[None] if network == "retromod" else ops.elig0
+  residuals = Operands(h0=ops.h0, h=h[None], m=m[None], hebb_hist=ops.hebb0[None],
+                       elig_hist=elig_hist, **_params_of(ops))
+  return outputs, residuals
 
 
 def _fused_bwd(network, residuals, cotangents):
-  hebb, elig, h_tm1, h, m, w, alpha, eta, w_mod, b_mod, clip = residuals
   g_h, g_m, g_hebb, g_elig = cotangents
-  elig_hist = elig[None] if network == "retromod" else elig
-  (g_x, g_h_tm1, g_hebb_old, g_elig_old, g_w, g_alpha, g_eta, g_w_mod, g_b_mod,
-   g_clip) = _sequence_backward(network, h_tm1, h[None], m[None], hebb[None],
-                                elig_hist, w, alpha, eta, w_mod, b_mod, clip,
-                                g_h[None], g_m[None], g_hebb, g_elig)
-  return (g_hebb_old, g_elig_old, g_h_tm1, g_x[0], g_w, g_alpha, g_eta, g_w_mod,
-          g_b_mod, g_clip)
+  grads = _sequence_backward(network, residuals._replace(
+      g_h=g_h[None], g_m=g_m[None], g_hebb=g_hebb, g_elig=g_elig))
+  return (grads._replace(x=grads.x[0]),)
 
 
 _fused.defvjp(_fused_fwd, _fused_bwd)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _fused_sequence(network, x, h0, hebb0, elig0, w, alpha, eta, w_mod, b_mod, clip):
-  return _sequence_forward(network, x, h0, hebb0, elig0, w, alpha, eta, w_mod, b_mod,
-                           clip, False)[:4]
+def _fused_sequence(network: str, ops: Operands):
+  return _sequence_forward(network, ops, False)[:4]
 
 
-def _fused_sequence_fwd(network, x, h0, hebb0, elig0, w, alpha, eta, w_mod, b_mod,
-                        clip):
-  h, m, hebb, elig, hebb_hist, elig_hist = _sequence_forward(
-      network, x, h0, hebb0, elig0, w, alpha, eta, w_mod, b_mod, clip, True)
-  residuals = (h0, h, m, hebb_hist, elig_hist, w, alpha, eta, w_mod, b_mod, clip)
+def _fused_sequence_fwd(network, ops):
+  h, m, hebb, elig, hebb_hist, elig_hist = _sequence_forward(network, ops, True)
+  residuals = Operands(h0=ops.h0, h=h, m=m, hebb_hist=hebb_hist, elig_hist=elig_hist,
+                       **_params_of(ops))
   return (h, m, hebb, elig), residuals
 
 
 def _fused_sequence_bwd(network, residuals, cotangents):
-  return _sequence_backward(network, *residuals, *cotangents)
+  g_h, g_m, g_hebb, g_elig = cotangents
+  return (_sequence_backward(network, residuals._replace(
+      g_h=g_h, g_m=g_m, g_hebb=g_hebb, g_elig=g_elig)),)
 
 
 _fused_sequence.defvjp(_fused_sequence_fwd, _fused_sequence_bwd)

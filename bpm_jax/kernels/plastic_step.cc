@@ -16,9 +16,18 @@
 //     Hebb'_ij = clip(Hebb_ij + r d_ij, -c, c)
 //     E'_ij    = (1 - eta) E_ij + eta h_tm1_i h_j        (retromod)
 //
-//   backward: the same chain rule as JAX's autodiff of bpm_jax.plasticity,
-//   including its conventions at the clip bounds (cotangent 1 inside, 0.5 on
-//   a bound, 0 outside; the clip value c receives the rest).
+//   backward: restates the chain rule of JAX's autodiff of
+//   bpm_jax.plasticity.rnn_step (vmapped over the episodes), including its
+//   conventions at the clip bounds (cotangent 1 inside, 0.5 on a bound, 0
+//   outside; the clip value c receives the rest).
+//
+// Operand order, shared with bpm_jax/fused_step.py (`Operands`, defined there
+// once; keep the .Arg<>()/.Ret<>() lists at the end of this file in step):
+//   x h0 hebb0 elig0 w alpha eta w_mod b_mod clip h m hebb_hist elig_hist
+//   g_h g_m g_hebb g_elig
+// Each handler takes the operands it uses in that order: the forward the
+// first ten, the backward all but x, hebb0 and elig0. The backward returns
+// the cotangents of the forward's operands, in the forward's order.
 //
 // Two handlers, BpmPlasticSeqFwd/Bwd: T steps of B episodes in one call. The
 // forward writes the old traces of every step to a history buffer (unless
@@ -123,7 +132,7 @@ inline float ClipGrad(float z, float c, float* c_factor) {
 struct Weights {
   int64_t n = 0;
   int64_t network = 0;
-  const float* w = nullptr;  // [H, H]; nullptr: h_tm1 W is already in x.
+  const float* w = nullptr;  // [H, H]
   const float* alpha = nullptr;
   const float* w_mod = nullptr;
   float eta = 0.0f, b_mod = 0.0f, c = 0.0f;
@@ -134,8 +143,8 @@ struct ParamGrads {
   std::vector<float> w, alpha, w_mod;
   float eta = 0.0f, b_mod = 0.0f, clip = 0.0f;
 
-  void Reset(int64_t n, bool with_w) {
-    w.assign(with_w ? n * n : 0, 0.0f);
+  void Reset(int64_t n) {
+    w.assign(n * n, 0.0f);
     alpha.assign(n * n, 0.0f);
     w_mod.assign(n, 0.0f);
     eta = b_mod = clip = 0.0f;
@@ -153,14 +162,9 @@ float StepForward(const Weights& p, const float* hp, const float* x,
     const float xi = hp[i];
     const float* al = p.alpha + i * n;
     const float* hr = hb + i * n;
-    if (p.w != nullptr) {
-      const float* wr = p.w + i * n;
+    const float* wr = p.w + i * n;
 #pragma omp simd
-      for (int64_t j = 0; j < n; ++j) acc[j] += xi * (wr[j] + al[j] * hr[j]);
-    } else {
-#pragma omp simd
-      for (int64_t j = 0; j < n; ++j) acc[j] += xi * (al[j] * hr[j]);
-    }
+    for (int64_t j = 0; j < n; ++j) acc[j] += xi * (wr[j] + al[j] * hr[j]);
   }
   for (int64_t j = 0; j < n; ++j) h[j] = std::tanh(acc[j]);
   float r = p.eta, m = 0.0f;
@@ -282,26 +286,16 @@ void StepBackward(const Weights& p, const float* hp, const float* h, float m,
     const float* hr = hb + i * n;
     float* gt = g_tr + i * n;
     float* ga = pg.alpha.data() + i * n;
+    const float* wr = p.w + i * n;
+    float* gw = pg.w.data() + i * n;
     float s = 0.0f;
-    if (p.w != nullptr) {
-      const float* wr = p.w + i * n;
-      float* gw = pg.w.data() + i * n;
 #pragma omp simd reduction(+ : s)
-      for (int64_t j = 0; j < n; ++j) {
-        const float xg = xi * g_a[j];
-        gt[j] += al[j] * xg;
-        ga[j] += xg * hr[j];
-        gw[j] += xg;
-        s += (wr[j] + al[j] * hr[j]) * g_a[j];
-      }
-    } else {
-#pragma omp simd reduction(+ : s)
-      for (int64_t j = 0; j < n; ++j) {
-        const float xg = xi * g_a[j];
-        gt[j] += al[j] * xg;
-        ga[j] += xg * hr[j];
-        s += al[j] * hr[j] * g_a[j];
-      }
+    for (int64_t j = 0; j < n; ++j) {
+      const float xg = xi * g_a[j];
+      gt[j] += al[j] * xg;
+      ga[j] += xg * hr[j];
+      gw[j] += xg;
+      s += (wr[j] + al[j] * hr[j]) * g_a[j];
     }
     g_hp[i] += s;
   }
@@ -311,14 +305,12 @@ void StepBackward(const Weights& p, const float* hp, const float* h, float m,
 void SumShards(const std::vector<ParamGrads>& shards, int64_t n, float* g_w,
                float* g_alpha, float* g_w_mod, float* g_eta, float* g_b_mod,
                float* g_clip) {
-  if (g_w != nullptr) std::fill(g_w, g_w + n * n, 0.0f);
+  std::fill(g_w, g_w + n * n, 0.0f);
   std::fill(g_alpha, g_alpha + n * n, 0.0f);
   std::fill(g_w_mod, g_w_mod + n, 0.0f);
   float eta = 0.0f, b_mod = 0.0f, clip = 0.0f;
   for (const ParamGrads& pg : shards) {
-    if (g_w != nullptr) {
-      for (int64_t k = 0; k < n * n; ++k) g_w[k] += pg.w[k];
-    }
+    for (int64_t k = 0; k < n * n; ++k) g_w[k] += pg.w[k];
     for (int64_t k = 0; k < n * n; ++k) g_alpha[k] += pg.alpha[k];
     for (int64_t k = 0; k < n; ++k) g_w_mod[k] += pg.w_mod[k];
     eta += pg.eta;
@@ -370,16 +362,16 @@ ffi::Error Shapes(const F32& alpha, const F32& eta, const F32& h, int64_t networ
 }
 
 Weights AgentWeights(const Agents& ag, int64_t a, int64_t n, int64_t network,
-                     const F32* w, const F32& alpha, const F32& eta,
-                     const F32& w_mod, const float* b_mod, const F32& clip) {
+                     const F32& w, const F32& alpha, const F32& eta,
+                     const F32& w_mod, const F32& b_mod, const F32& clip) {
   Weights p;
   p.n = n;
   p.network = network;
-  p.w = w != nullptr ? ag.At(*w, a) : nullptr;
+  p.w = ag.At(w, a);
   p.alpha = ag.At(alpha, a);
   p.w_mod = ag.At(w_mod, a);
   p.eta = ag.At(eta, a)[0];
-  p.b_mod = b_mod != nullptr ? b_mod[a] : 0.0f;
+  p.b_mod = ag.At(b_mod, a)[0];
   p.c = ag.At(clip, a)[0];
   return p;
 }
@@ -425,8 +417,8 @@ ffi::Error SeqFwdImpl(ffi::ThreadPool pool, F32 x, F32 h0, F32 hebb0, F32 elig0,
     hebb_hist->typed_data()[0] = 0.0f;
   }
   for (int64_t a = 0; a < ag.num; ++a) {
-    const Weights p = AgentWeights(ag, a, n, network, &w, alpha, eta, w_mod,
-                                   b_mod.typed_data(), clip);
+    const Weights p = AgentWeights(ag, a, n, network, w, alpha, eta, w_mod, b_mod,
+                                   clip);
     const float *xa = ag.At(x, a), *h0a = ag.At(h0, a), *hb0 = ag.At(hebb0, a),
                 *e0 = ag.At(elig0, a);
     float *h_all = ag.At(&h_out, a), *m_all = ag.At(&m_out, a),
@@ -469,10 +461,10 @@ ffi::Error SeqFwdImpl(ffi::ThreadPool pool, F32 x, F32 h0, F32 hebb0, F32 elig0,
   return ffi::Error::Success();
 }
 
-ffi::Error SeqBwdImpl(ffi::ThreadPool pool, F32 h0, F32 h_in, F32 m_in,
-                      F32 hebb_hist, F32 elig_hist, F32 w, F32 alpha, F32 eta,
-                      F32 w_mod, F32 clip, F32 g_h_in, F32 g_m_in, F32 g_hebb_T,
-                      F32 g_elig_T, F32Ret g_x_out, F32Ret g_h0_out,
+ffi::Error SeqBwdImpl(ffi::ThreadPool pool, F32 h0, F32 w, F32 alpha, F32 eta,
+                      F32 w_mod, F32 b_mod, F32 clip, F32 h_in, F32 m_in,
+                      F32 hebb_hist, F32 elig_hist, F32 g_h_in, F32 g_m_in,
+                      F32 g_hebb_T, F32 g_elig_T, F32Ret g_x_out, F32Ret g_h0_out,
                       F32Ret g_hebb0_out, F32Ret g_elig0_out, F32Ret g_w_out,
                       F32Ret g_alpha_out, F32Ret g_eta_out, F32Ret g_w_mod_out,
                       F32Ret g_b_mod_out, F32Ret g_clip_out, int64_t network) {
@@ -485,7 +477,7 @@ ffi::Error SeqBwdImpl(ffi::ThreadPool pool, F32 h0, F32 h_in, F32 m_in,
   const int64_t nn = n * n, num_shards = NumShards(pool, batch);
   const int64_t steps = h_in.element_count() / (ag.num * batch * n);
   for (int64_t a = 0; a < ag.num; ++a) {
-    const Weights p = AgentWeights(ag, a, n, network, &w, alpha, eta, w_mod, nullptr,
+    const Weights p = AgentWeights(ag, a, n, network, w, alpha, eta, w_mod, b_mod,
                                    clip);
     const float *h0a = ag.At(h0, a), *h_all = ag.At(h_in, a), *m_all = ag.At(m_in, a),
                 *hb_hist = ag.At(hebb_hist, a), *e_hist = ag.At(elig_hist, a),
@@ -498,7 +490,7 @@ ffi::Error SeqBwdImpl(ffi::ThreadPool pool, F32 h0, F32 h_in, F32 m_in,
       int64_t start, stop;
       ShardRange(shard, num_shards, batch, &start, &stop);
       ParamGrads& pg = shard_grads[shard];
-      pg.Reset(n, true);
+      pg.Reset(n);
       std::vector<float> col(n), row(n), g_h(n), g_next(n);
       for (int64_t b = start; b < stop; ++b) {
         float* g_tr = g_hb0 + b * nn;  // the running trace cotangents
@@ -558,15 +550,16 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(
     ffi::Ffi::Bind()
         .Ctx<ffi::ThreadPool>()
         .Arg<F32>()  // h0 [B, H]
-        .Arg<F32>()  // h [T, B, H]
-        .Arg<F32>()  // m [T, B]
-        .Arg<F32>()  // hebb_hist [T, B, H, H]
-        .Arg<F32>()  // elig_hist [T, B, H, H] or [1]
         .Arg<F32>()  // w [H, H]
         .Arg<F32>()  // alpha [H, H]
         .Arg<F32>()  // eta []
         .Arg<F32>()  // w_mod [H]
+        .Arg<F32>()  // b_mod [] (unused: m is an operand)
         .Arg<F32>()  // clip []
+        .Arg<F32>()  // h [T, B, H]
+        .Arg<F32>()  // m [T, B]
+        .Arg<F32>()  // hebb_hist [T, B, H, H]
+        .Arg<F32>()  // elig_hist [T, B, H, H] or [1]
         .Arg<F32>()  // g_h [T, B, H]
         .Arg<F32>()  // g_m [T, B]
         .Arg<F32>()  // g_hebb_T [B, H, H]
