@@ -5,8 +5,8 @@
 
 For each network the hidden size is matched to `--target_params` (Backpropamine
 Table 1: ~4.8M parameters, plasticity parameters included), then the training
-program of `train.lm` (a jitted `lax.scan` of SGD steps, fwd + bwd + update,
-B = 20, T = 20, one seed) is timed after a warm-up call that compiles it.
+program of `train.lm_train` (a compiled `lax.scan` of SGD steps, fwd + bwd +
+update, B = 20, T = 20, one seed) is compiled, then timed.
 Reported: parameter counts by group, hidden sizes, compile seconds, ms per step
 and tokens/s (B * T target tokens per step).
 
@@ -30,7 +30,9 @@ import numpy as np
 from bpm_jax import lm
 from bpm_jax import ptb
 from bpm_jax.config import NETWORKS
-from train import lm as train_lm
+from train import lm_config
+from train import lm_learner
+from train import lm_train
 
 PTB_TOKENS = {"train": 929_589, "valid": 73_760, "test": 82_430}
 PTB_VOCAB = 10_000
@@ -84,12 +86,12 @@ def main(argv):
   if _DATA_DIR.value:
     corpus = check_ptb(_DATA_DIR.value)
     vocab_size = corpus.vocab_size
-    split = train_lm.Split.from_ids(corpus.train, batch, unroll).slice(0, steps)
+    split = lm_learner.Split.from_ids(corpus.train, batch, unroll).slice(0, steps)
   else:
     vocab_size = _VOCAB.value
     tokens = np.asarray(jax.random.randint(jax.random.key(0), (batch * (steps * unroll + 1),),
                                            0, vocab_size), np.int32)
-    split = train_lm.Split.from_ids(tokens, batch, unroll).slice(0, steps)
+    split = lm_learner.Split.from_ids(tokens, batch, unroll).slice(0, steps)
 
   sizes = lm.match_hidden_sizes(_TARGET.value, vocab_size, networks=_NETWORKS.value)
   configs = [lm.LMConfig(vocab_size=vocab_size, hidden_size=h, network=n)
@@ -97,7 +99,7 @@ def main(argv):
   print(f"\nParameter counts (target {_TARGET.value:,}, V = {vocab_size}, E = H, 2 layers):")
   print(lm.param_report(configs, _TARGET.value))
 
-  hparams = train_lm.LMTrainConfig().hparams(1)
+  hparams = lm_config.LMTrainConfig().hparams(1)
   print(f"\nThroughput: train step (fwd + bwd + SGD), B = {batch}, T = {unroll}, "
         f"{steps} steps per jitted scan, best of {_REPEATS.value}; "
         f"{jax.devices()[0].platform.upper()} ({os.cpu_count()} cores, "
@@ -105,23 +107,21 @@ def main(argv):
   print(f"{'network':<10}{'hidden':>7}{'params':>11}{'compile s':>11}"
         f"{'ms/step':>10}{'tokens/s':>10}")
   for config in configs:
-    trainer = train_lm.make_trainer(config, batch, 1)
-    state = trainer.init(jax.random.key(0)[None])
-    start = time.perf_counter()
-    new_state, _, _ = trainer.train_chunk(state, trainer.initial_carry(), split, hparams)
-    jax.block_until_ready(new_state)
-    compile_s = time.perf_counter() - start
+    state = lm_train.init_states(config, seed=0, num_seeds=1)
+    carry = lm_train.initial_carry(config, batch, num_seeds=1)
+    train_chunk, compile_s = lm_train.compiled_chunk(config, True, state, carry, split,
+                                                     hparams)
     best = float("inf")
     for _ in range(_REPEATS.value):
       start = time.perf_counter()
-      new_state, _, metrics = trainer.train_chunk(state, trainer.initial_carry(), split,
-                                                  hparams)
+      new_state, _, metrics = train_chunk(state, carry, split.inputs, split.targets,
+                                          split.active, hparams)
       jax.block_until_ready(new_state)
       best = min(best, time.perf_counter() - start)
     if not np.all(metrics["finite"]):
       raise SystemExit(f"{config.network}: non-finite loss in the benchmark.")
     print(f"{config.network:<10}{config.hidden_size:>7}{lm.count_params(config):>11,}"
-          f"{compile_s - best:>11.1f}{1000 * best / steps:>10.1f}"
+          f"{compile_s:>11.1f}{1000 * best / steps:>10.1f}"
           f"{batch * unroll * steps / best:>10,.0f}", flush=True)
 
 

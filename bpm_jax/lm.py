@@ -45,7 +45,8 @@ import numpy as np
 
 from bpm_jax import plasticity
 from bpm_jax.cells import PlasticLSTMCell, uniform_range
-from bpm_jax.config import NETWORKS, Network, PlasticityConfig, check_choice, check_positive
+from bpm_jax.config import (NETWORKS, AlphaKind, Network, PlasticityConfig, _field, check_choice,
+                            check_positive)
 
 Array = jax.Array
 Carry = tuple[plasticity.LSTMState, ...]
@@ -79,17 +80,20 @@ class LMConfig:
     eta_init: initial eta (Hebbian rate of `plastic`, E rate of `retromod`).
   """
 
-  vocab_size: int
-  hidden_size: int = 200
-  embed_size: Optional[int] = None
-  num_layers: int = 2
-  network: Network = "rnn"
-  init_scale: float = 0.1
-  clip_value: float = 2.0
-  dropout_rate: float = 0.0
-  plastic_gates: bool = False
-  alpha_kind: str = "full"
-  eta_init: float = 0.01
+  # `metadata["help"]`: the one-line help of `python -m train.lm`'s flag of the
+  # same name (`train.lm_config` derives its model fields from these).
+  vocab_size: int = dataclasses.field(metadata={"help": "V, vocabulary size."})
+  hidden_size: int = _field(200, "H, units per LSTM layer.")
+  embed_size: Optional[int] = _field(None, "E, embedding width (default: tied to H).")
+  num_layers: int = _field(2, "Stacked LSTM layers.")
+  network: Network = _field("rnn", "rnn (LSTM) | plastic | modplast | retromod.")
+  init_scale: float = _field(0.1, "U(-s, s) init of the weights.")
+  clip_value: float = _field(2.0, "Hebbian trace bound c.")
+  dropout_rate: float = _field(0.0, "Dropout (Zaremba small config: none).")
+  plastic_gates: bool = _field(False, "Extension: the i, f, o gate paths are plastic too.")
+  alpha_kind: AlphaKind = _field(
+      "full", "Shape of alpha: full | per_neuron | single (small model: full).")
+  eta_init: float = _field(0.01, "Initial eta (plastic: per connection; retromod: of E).")
 
   def __post_init__(self):
     owner = type(self).__name__

@@ -1,8 +1,9 @@
-"""Tests of the PTB language model (bpm_jax.lm) and its trainer (train.lm).
+"""Tests of the PTB language model (bpm_jax.lm) and its trainer (train.lm*).
 
 Everything runs on a small generated corpus (tmp dirs); nothing reads a real PTB.
 """
 
+import functools
 import json
 import math
 import os
@@ -20,6 +21,11 @@ from bpm_jax import lm
 from bpm_jax import ptb
 from bpm_jax.config import NETWORKS
 from train import lm as train_lm
+from train import lm_config
+from train import lm_learner
+from train import lm_train
+from train import metrics as metrics_lib
+from train import run as run_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -136,8 +142,8 @@ def test_parameter_matching_fixed_embedding_and_failure():
 def test_sgd_update_clip_and_l2():
   params = {"a": jnp.array([1.0, -2.0]), "b": jnp.array(3.0)}
   grads = {"a": jnp.array([3.0, 0.0]), "b": jnp.array(4.0)}
-  hparams = train_lm.HParams(learning_rate=0.5, l2_penalty=0.1, grad_clip_norm=2.0)
-  new, norm = jax.jit(train_lm.sgd_update)(params, grads, hparams)
+  hparams = lm_learner.LMHParams(learning_rate=0.5, l2_penalty=0.1, grad_clip_norm=2.0)
+  new, norm = jax.jit(lm_learner.sgd_step)(params, grads, hparams)
   g = np.array([3.0 + 0.1, -0.2, 4.0 + 0.3])
   assert float(norm) == pytest.approx(np.linalg.norm(g), rel=1e-6)
   step = 0.5 * g * 2.0 / np.linalg.norm(g)
@@ -145,25 +151,64 @@ def test_sgd_update_clip_and_l2():
                              rtol=1e-6)
   # Below the clip norm the gradient is used as is.
   small = {"a": jnp.array([0.1, 0.0]), "b": jnp.array(0.0)}
-  hparams = train_lm.HParams(learning_rate=1.0, l2_penalty=0.0, grad_clip_norm=2.0)
-  new, _ = train_lm.sgd_update(params, small, hparams)
+  hparams = lm_learner.LMHParams(learning_rate=1.0, l2_penalty=0.0, grad_clip_norm=2.0)
+  new, _ = lm_learner.sgd_step(params, small, hparams)
   np.testing.assert_allclose(new["a"], [0.9, -2.0], rtol=1e-6)
 
 
+@pytest.mark.parametrize("clip", [0.05, 100.0])  # The clip acts / does not.
+def test_train_step_equals_the_old_sgd_formula(clip):
+  """The optax chain of `make_optimizer` pinned to the hand-written update it
+  replaced: g' = g + l2 theta; theta -= lr * clip / max(|g'|, clip) * g'."""
+  lr, l2 = 0.7, 0.01
+  config = lm.LMConfig(vocab_size=12, hidden_size=4, network="modplast", init_scale=0.5)
+  model = lm.PlasticLSTMLanguageModel(config)
+  state = lm_learner.init_state(model, jax.random.key(0))
+  tokens = jax.random.randint(jax.random.key(1), (3, 7), 0, 12)
+  inputs, targets = tokens[:, :-1], tokens[:, 1:]
+  carry = model.initialize_carry(3)
+  hparams = lm_learner.LMHParams(learning_rate=jnp.float32(lr), l2_penalty=jnp.float32(l2),
+                                 grad_clip_norm=jnp.float32(clip))
+  grads = jax.grad(lambda p: lm_learner.lm_loss(p, model, carry, inputs, targets)[0])(
+      state.params)
+  # The old formula in NumPy (float64), from the same float32 gradient.
+  theta = [np.asarray(t, np.float64) for t in jax.tree.leaves(state.params)]
+  g = [np.asarray(x, np.float64) + l2 * t for x, t in zip(jax.tree.leaves(grads), theta)]
+  norm = np.sqrt(sum(np.sum(np.square(x)) for x in g))
+  assert (norm > clip) == (clip < 1.0)
+  expected = [t - lr * clip / max(norm, clip) * x for t, x in zip(theta, g)]
+  step_fn = functools.partial(lm_learner.train_step, model)
+  for step in (step_fn, jax.jit(step_fn)):
+    new_state, _, metrics = step(state, carry, inputs, targets, hparams)
+    assert float(metrics["grad_norm"]) == pytest.approx(norm, rel=1e-6)
+    assert int(new_state.step) == 1
+    for got, want in zip(jax.tree.leaves(new_state.params), expected):
+      np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+
+
+def test_old_config_json_gets_the_fields_it_predates():
+  saved = lm_config.LMTrainConfig(data_dir="ptb", hidden_size=16).to_dict()
+  del saved["plastic_gates"], saved["alpha_kind"]  # Not fields before the split.
+  config = lm_config.LMTrainConfig.from_dict(lm_config.LMTrainConfig.saved_settings(saved))
+  assert config == lm_config.LMTrainConfig(data_dir="ptb", hidden_size=16)
+  assert config.model_config(10).plastic_gates is False
+  assert config.model_config(10).alpha_kind == "full"
+
+
 def test_learning_rate_schedule():
-  config = train_lm.LMTrainConfig(learning_rate=1.0, lr_decay=0.5, decay_after_epoch=5)
+  config = lm_config.LMTrainConfig(learning_rate=1.0, lr_decay=0.5, decay_after_epoch=5)
   assert [config.learning_rate_at(e) for e in (1, 5, 6, 8)] == [1.0, 1.0, 0.5, 0.125]
 
 
 def test_bound_eta_projection():
   config = lm.LMConfig(vocab_size=10, hidden_size=4, network="retromod")
   params = {"lstm_0": {"eta": jnp.array(4.0), "w": jnp.full((4, 4), 7.0)}}
-  projected = train_lm.project_params(params, config, bound_eta=True)
+  projected = lm_learner.project_params(params, config, bound_eta=True)
   assert float(projected["lstm_0"]["eta"]) == 1.0
   assert float(projected["lstm_0"]["w"][0, 0]) == 7.0
-  assert float(train_lm.project_params(params, config, False)["lstm_0"]["eta"]) == 4.0
+  assert float(lm_learner.project_params(params, config, False)["lstm_0"]["eta"]) == 4.0
   plastic = config.replace(network="plastic")
-  assert float(train_lm.project_params(params, plastic, True)["lstm_0"]["eta"]) == 4.0
+  assert float(lm_learner.project_params(params, plastic, True)["lstm_0"]["eta"]) == 4.0
 
 
 # --------------------------------------------------------------------------
@@ -172,9 +217,9 @@ def test_bound_eta_projection():
 
 @pytest.mark.parametrize("network", NETWORKS)
 def test_each_variant_runs_two_steps(corpus_dir, tmp_path, network):
-  config = train_lm.LMTrainConfig(data_dir=corpus_dir, network=network, epochs=1,
+  config = lm_config.LMTrainConfig(data_dir=corpus_dir, network=network, epochs=1,
                                   max_steps_per_epoch=2, max_eval_minibatches=5, **TINY)
-  results = train_lm.train_and_evaluate(config, str(tmp_path))
+  results = lm_train.train_and_evaluate(config, str(tmp_path))
   assert results["steps"] == 2
   assert results["tokens_trained"] == 2 * 8 * 10
   assert results["valid_tokens_scored"] == results["test_tokens_scored"] == 5 * 4 * 10
@@ -193,14 +238,14 @@ def test_learns_and_resumes(corpus_dir, tmp_path):
   corpus = ptb.load_corpus(corpus_dir)
   unigram = unigram_perplexity(corpus, "valid")
   assert unigram > 15.0
-  config = train_lm.LMTrainConfig(data_dir=corpus_dir, network="retromod", epochs=1, **TINY)
-  first = train_lm.train_and_evaluate(config, str(tmp_path))
+  config = lm_config.LMTrainConfig(data_dir=corpus_dir, network="retromod", epochs=1, **TINY)
+  first = lm_train.train_and_evaluate(config, str(tmp_path))
   steps_per_epoch = first["steps"]
   assert 100 <= steps_per_epoch <= 120
   # A second call without --resume refuses to overwrite the run.
   with pytest.raises(ValueError, match="--resume"):
-    train_lm.train_and_evaluate(config.replace(epochs=2), str(tmp_path))
-  second = train_lm.train_and_evaluate(config.replace(epochs=2, resume=True), str(tmp_path))
+    lm_train.train_and_evaluate(config.replace(epochs=2), str(tmp_path))
+  second = lm_train.train_and_evaluate(config.replace(epochs=2, resume=True), str(tmp_path))
   assert second["steps"] == 2 * steps_per_epoch
   assert len(second["valid_ppl_per_epoch"]) == 2
   assert second["valid_ppl_per_epoch"][0] == first["valid_ppl"]
@@ -208,36 +253,36 @@ def test_learns_and_resumes(corpus_dir, tmp_path):
   assert second["valid_ppl"][0] < 0.25 * unigram
   assert second["test_ppl"][0] < 0.25 * unigram
   assert second["valid_tokens_scored"] == 22 * 4 * 10  # The whole split, cut to B x T.
-  rows = train_lm.metrics_lib.read_csv(str(tmp_path / "metrics.csv"))
+  rows = metrics_lib.read_csv(str(tmp_path / "metrics.csv"))
   assert sum(not math.isnan(r["test_ppl"]) for r in rows) == 1  # Old test row dropped.
   assert [int(r["step"]) for r in rows] == sorted(int(r["step"]) for r in rows)
   # Changing a model setting on resume is refused.
   with pytest.raises(ValueError, match="differs"):
-    train_lm.train_and_evaluate(config.replace(epochs=3, resume=True, init_scale=0.3),
+    lm_train.train_and_evaluate(config.replace(epochs=3, resume=True, init_scale=0.3),
                                 str(tmp_path))
 
 
 def test_nan_guard(corpus_dir, tmp_path):
-  config = train_lm.LMTrainConfig(data_dir=corpus_dir, network="retromod", epochs=1,
+  config = lm_config.LMTrainConfig(data_dir=corpus_dir, network="retromod", epochs=1,
                                   max_steps_per_epoch=6, learning_rate=1e38, **TINY)
-  with pytest.raises(train_lm.NonFiniteError, match="Non-finite .* epoch 1"):
-    train_lm.train_and_evaluate(config, str(tmp_path))
+  with pytest.raises(run_lib.NonFiniteError, match="Non-finite .* epoch 1"):
+    lm_train.train_and_evaluate(config, str(tmp_path))
   assert not os.path.exists(tmp_path / "checkpoints" / "1")
 
 
 def test_target_params_sets_hidden_size(corpus_dir):
   corpus = ptb.load_corpus(corpus_dir)
-  config = train_lm.LMTrainConfig(data_dir=corpus_dir, network="modplast",
+  config = lm_config.LMTrainConfig(data_dir=corpus_dir, network="modplast",
                                   target_params=2_000_000)
   model_config = config.resolve_model_config(corpus.vocab_size)
   assert model_config.hidden_size > 100
   assert abs(lm.count_params(model_config) - 2_000_000) <= 0.005 * 2_000_000
   given = config.replace(hidden_size=100).resolve_model_config(corpus.vocab_size)
   assert given.hidden_size == 100  # An explicit H wins over the target.
-  default = train_lm.LMTrainConfig(data_dir=corpus_dir, network="rnn")
+  default = lm_config.LMTrainConfig(data_dir=corpus_dir, network="rnn")
   assert default.target_params == lm.PAPER_TARGET_PARAMS
   assert default.replace(target_params=0).resolve_model_config(
-      corpus.vocab_size).hidden_size == train_lm.DEFAULT_HIDDEN_SIZE
+      corpus.vocab_size).hidden_size == lm_config.DEFAULT_HIDDEN_SIZE
 
 
 # --------------------------------------------------------------------------
@@ -272,7 +317,7 @@ def test_bad_flags_rejected(corpus_dir, tmp_path):
 
 
 def test_resume_flag_takes_the_saved_settings(corpus_dir, tmp_path):
-  saved = train_lm.LMTrainConfig(data_dir=str(corpus_dir), network="retromod",
+  saved = lm_config.LMTrainConfig(data_dir=str(corpus_dir), network="retromod",
                                  hidden_size=12, epochs=2)
   (tmp_path / "config.json").write_text(json.dumps({"train": saved.to_dict(),
                                                     "network": "retromod"}))
