@@ -24,8 +24,8 @@ import envs
 from bpm_jax import config as plasticity_config
 from bpm_jax import fused_step
 from bpm_jax.config import PlasticityConfig
-from train.config_base import ConfigMixin, derived_fields, field
-from train.validate import check_choice, check_float, check_int
+from train.config_base import ConfigMixin, derived_fields, field, run_fields
+from train.validate import check_choice, check_fields, check_float
 
 EntropyKind = Literal["concentration", "entropy"]
 Baseline = Literal["batch0", "own"]
@@ -93,10 +93,13 @@ def resolve_step_impl(config: "A2CConfig") -> str:
 
 
 _PlasticFields = derived_fields("_PlasticFields", PlasticityConfig)
+_RunFields = run_fields("_RunFields", "agent", "Iterations", chunk_size=10,
+                        keep_checkpoints=3,
+                        resume_help="Continue from the latest checkpoint in the workdir.")
 
 
 @dataclasses.dataclass(frozen=True)
-class A2CConfig(ConfigMixin, _PlasticFields):
+class A2CConfig(ConfigMixin, _RunFields, _PlasticFields):
   """A2C meta-training run (SPEC.md §5.3). Defaults: cue-reward task, `modplast`.
 
   The fields network ... eta_kind come from `PlasticityConfig`. Use
@@ -153,28 +156,23 @@ class A2CConfig(ConfigMixin, _PlasticFields):
       "CPU cache: faster plastic networks on CPU. G > 1 draws other random numbers "
       "than G = 1; with baseline=batch0 each group uses its own element 0.")
   # --- Run control.
+  # (and seed, num_seeds, chunk_size, keep_checkpoints, resume, progress).
   iterations: int = field(1000, "Training iterations (one batch of episodes each).")
-  seed: int = field(0, "Agent s of num_seeds uses jax.random.key(seed + s).")
-  num_seeds: int = field(1, "S, independent agents trained in one vmapped program.")
-  chunk_size: int = field(10, "Iterations per jitted host call (lax.scan).")
   checkpoint_every: int = field(100, "Iterations between checkpoints.")
-  keep_checkpoints: int = field(3, "How many of the latest checkpoints to keep.")
-  resume: bool = field(False, "Continue from the latest checkpoint in the workdir.")
-  progress: bool = field(True, "Show a tqdm progress bar (--noprogress: off).")
   fast_compile: bool = field(
       False, "Compile with XLA backend optimisation level 0: about half the "
       "compile time, slower steps. For tiny runs, tests and CI.")
 
   def __post_init__(self):
-    for name, allowed in CHOICES.items():
-      check_choice(name, getattr(self, name), allowed)
-    for name in ("episode_length", "hidden_size", "num_modulators", "batch_size",
-                 "iterations", "num_seeds", "chunk_size", "checkpoint_every",
-                 "keep_checkpoints"):
-      check_int(name, getattr(self, name), 1)
-    for name in ("burn_in", "seed"):
-      check_int(name, getattr(self, name), 0)
-    check_int("batch_groups", self.batch_groups, 1)
+    check_fields(
+        self, CHOICES,
+        {1: ("episode_length", "hidden_size", "num_modulators", "batch_size",
+             "iterations", "num_seeds", "chunk_size", "checkpoint_every",
+             "keep_checkpoints", "batch_groups"),
+         0: ("burn_in", "seed")},
+        positive=("learning_rate", "adam_eps", "grad_clip_norm", "clip_value",
+                  "init_scale"),
+        nonnegative=("value_coef", "entropy_coef", "eta_init", "discount"))
     if self.batch_size % self.batch_groups:
       raise ValueError(f"batch_groups={self.batch_groups} must divide batch_size="
                        f"{self.batch_size}: each group rolls out batch_size / "
@@ -182,12 +180,6 @@ class A2CConfig(ConfigMixin, _PlasticFields):
     if self.maze_size < 5 or self.maze_size % 2 == 0 or isinstance(self.maze_size, bool):
       raise ValueError(f"maze_size={self.maze_size!r} is invalid: it must be an odd "
                        "integer >= 5 (papers: 9, reference README: 13).")
-    for name in ("learning_rate", "adam_eps", "grad_clip_norm", "clip_value",
-                 "init_scale"):
-      check_float(name, getattr(self, name), positive=True)
-    for name in ("value_coef", "entropy_coef", "eta_init"):
-      check_float(name, getattr(self, name), positive=False)
-    check_float("discount", self.discount, positive=False)
     if self.discount > 1.0:
       raise ValueError(f"discount={self.discount!r} is invalid: it must be in [0, 1].")
     if self.env_reward is not None:

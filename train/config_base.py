@@ -103,3 +103,29 @@ class ConfigMixin:
   def from_json(cls, text: str):
     """A saved config (see `saved_settings`)."""
     return cls.from_dict(cls.saved_settings(json.loads(text)))
+
+
+def run_fields(name: str, agent: str, chunk_unit: str, chunk_size: int,
+               keep_checkpoints: int, resume_help: str) -> type:
+  """A frozen dataclass of the run-control fields every trainer has (to inherit).
+
+  Args:
+    name: the class name.
+    agent: what one of `num_seeds` is ("agent", "model").
+    chunk_unit: what `chunk_size` counts ("Iterations", "Minibatches").
+    chunk_size, keep_checkpoints: the trainer's defaults.
+    resume_help: the help text of `resume`.
+  """
+  spec = [
+      ("seed", int, field(0, f"{agent.capitalize()} s of num_seeds uses "
+                             "jax.random.key(seed + s).")),
+      ("num_seeds", int, field(1, f"S, independent {agent}s trained in one "
+                                  "vmapped program.")),
+      ("chunk_size", int, field(chunk_size, f"{chunk_unit} per jitted host call "
+                                            "(lax.scan).")),
+      ("keep_checkpoints", int, field(keep_checkpoints,
+                                      "How many of the latest checkpoints to keep.")),
+      ("resume", bool, field(False, resume_help)),
+      ("progress", bool, field(True, "Show a tqdm progress bar (--noprogress: off).")),
+  ]
+  return dataclasses.make_dataclass(name, spec, frozen=True)

@@ -30,8 +30,8 @@ import jax.numpy as jnp
 
 from bpm_jax import config as plasticity_config
 from bpm_jax import lm
-from train.config_base import ConfigMixin, derived_fields, field
-from train.validate import check_choice, check_float, check_int
+from train.config_base import ConfigMixin, derived_fields, field, run_fields
+from train.validate import check_fields, check_int
 
 _MODEL_DEFAULTS: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(lm.LMConfig)}
 DEFAULT_HIDDEN_SIZE: int = _MODEL_DEFAULTS["hidden_size"]  # With target_params=0.
@@ -65,8 +65,13 @@ _ModelFields = derived_fields("_ModelFields", lm.LMConfig,
                               exclude=("vocab_size", "hidden_size"))
 
 
+_RunFields = run_fields("_RunFields", "model", "Minibatches", chunk_size=100,
+                        keep_checkpoints=2,
+                        resume_help="Continue after the last complete epoch in the workdir.")
+
+
 @dataclasses.dataclass(frozen=True)
-class LMTrainConfig(ConfigMixin, _ModelFields):
+class LMTrainConfig(ConfigMixin, _RunFields, _ModelFields):
   """A PTB training run. Every field is also a flag of `python -m train.lm`.
 
   The fields embed_size ... eta_init come from `bpm_jax.lm.LMConfig`.
@@ -103,30 +108,21 @@ class LMTrainConfig(ConfigMixin, _ModelFields):
   max_eval_minibatches: int = field(
       0, "If > 0, score only the first N minibatches of valid and test (short "
       "runs; the perplexities are then partial, see results.json).")
-  chunk_size: int = field(100, "Minibatches per jitted host call (lax.scan).")
-  seed: int = field(0, "Model s of num_seeds uses jax.random.key(seed + s).")
-  num_seeds: int = field(1, "S, independent models trained in one vmapped program.")
-  keep_checkpoints: int = field(2, "How many of the latest epoch checkpoints to keep.")
-  resume: bool = field(False, "Continue after the last complete epoch in the workdir.")
-  progress: bool = field(True, "Show a tqdm progress bar (--noprogress: off).")
+  # (and seed, num_seeds, chunk_size, keep_checkpoints, resume, progress).
 
   def __post_init__(self):
-    for name, allowed in CHOICES.items():
-      check_choice(name, getattr(self, name), allowed)
-    for name in ("num_layers", "batch_size", "unroll", "eval_batch_size", "epochs",
-                 "chunk_size", "num_seeds", "keep_checkpoints"):
-      check_int(name, getattr(self, name), 1)
-    for name in ("target_params", "max_steps_per_epoch", "max_eval_minibatches", "seed",
-                 "decay_after_epoch"):
-      check_int(name, getattr(self, name), 0)
+    check_fields(
+        self, CHOICES,
+        {1: ("num_layers", "batch_size", "unroll", "eval_batch_size", "epochs",
+             "chunk_size", "num_seeds", "keep_checkpoints"),
+         0: ("target_params", "max_steps_per_epoch", "max_eval_minibatches", "seed",
+             "decay_after_epoch")},
+        positive=("learning_rate", "grad_clip_norm", "clip_value", "init_scale",
+                  "lr_decay"),
+        nonnegative=("l2_penalty", "eta_init", "dropout_rate"))
     for name in ("hidden_size", "embed_size"):
       if getattr(self, name) is not None:
         check_int(name, getattr(self, name), 1)
-    for name in ("learning_rate", "grad_clip_norm", "clip_value", "init_scale",
-                 "lr_decay"):
-      check_float(name, getattr(self, name), positive=True)
-    for name in ("l2_penalty", "eta_init", "dropout_rate"):
-      check_float(name, getattr(self, name), positive=False)
     if self.dropout_rate >= 1.0:
       raise ValueError(f"dropout_rate={self.dropout_rate!r} must be < 1.")
 

@@ -33,3 +33,25 @@ def check_float(name: str, value: Any, positive: bool) -> None:
   if not ok:
     bound = "> 0" if positive else ">= 0"
     raise ValueError(f"{name}={value!r} is invalid: it must be a finite number {bound}.")
+
+
+def check_fields(config: Any, choices: dict[str, tuple[str, ...]] = None,
+                 min_ints: dict[int, tuple[str, ...]] = None,
+                 positive: tuple[str, ...] = (), nonnegative: tuple[str, ...] = ()) -> None:
+  """The checks above over a config's fields, in one call.
+
+  Args:
+    config: any object with the named attributes.
+    choices: field -> allowed values.
+    min_ints: minimum -> fields that must be integers >= it.
+    positive, nonnegative: fields that must be finite numbers > 0 / >= 0.
+  """
+  for name, allowed in (choices or {}).items():
+    check_choice(name, getattr(config, name), allowed)
+  for minimum, names in (min_ints or {}).items():
+    for name in names:
+      check_int(name, getattr(config, name), minimum)
+  for name in positive:
+    check_float(name, getattr(config, name), positive=True)
+  for name in nonnegative:
+    check_float(name, getattr(config, name), positive=False)
