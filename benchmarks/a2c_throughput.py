@@ -30,9 +30,12 @@ from train.a2c_config import a2c_defaults
 FLAGS = flags.FLAGS
 flags.DEFINE_list("envs", ["GridMaze-v0", "CueReward-v0"], "Environments.")
 flags.DEFINE_list("networks", ["rnn", "plastic", "modplast", "retromod"], "Network types.")
-flags.DEFINE_list("step_impls", ["reference", "fast", "fused"],
-                  "Plastic step implementations (fused: C++ CPU kernels, see "
-                  "bpm_jax/fused_step.py; it needs a C++ compiler).")
+flags.DEFINE_list(
+  "step_impls",
+  ["reference", "fast", "fused"],
+  "Plastic step implementations (fused: C++ CPU kernels, see "
+  "bpm_jax/fused_step.py; it needs a C++ compiler).",
+)
 flags.DEFINE_list("remat", ["false"], "jax.checkpoint the rollout step: false and/or true.")
 flags.DEFINE_integer("iterations", 3, "Timed iterations (one jitted chunk).", lower_bound=1)
 flags.DEFINE_integer("batch_size", 30, "B.", lower_bound=1)
@@ -45,10 +48,12 @@ def measure(config) -> dict:
   spec = a2c_learner.make_spec(config)
   keys = run_lib.seed_keys(config.seed, config.num_seeds)
   hparams = config.hparams()
-  state = jax.jit(jax.vmap(lambda k, h: a2c_learner.init(spec, k, h),
-                           in_axes=(0, None)))(keys, hparams)
-  fn = jax.jit(jax.vmap(lambda s, h: a2c_learner.run(spec, s, h, config.iterations),
-                        in_axes=(0, None)))
+  state = jax.jit(jax.vmap(lambda k, h: a2c_learner.init(spec, k, h), in_axes=(0, None)))(
+    keys, hparams
+  )
+  fn = jax.jit(
+    jax.vmap(lambda s, h: a2c_learner.run(spec, s, h, config.iterations), in_axes=(0, None))
+  )
   start = time.perf_counter()
   compiled = xla.compile(fn, state, hparams, fast=config.fast_compile)
   compile_s = time.perf_counter() - start
@@ -59,35 +64,51 @@ def measure(config) -> dict:
   jax.block_until_ready(compiled(state, hparams))
   s_per_it = (time.perf_counter() - start) / config.iterations
   steps = config.num_seeds * config.batch_size * config.episode_length
-  return dict(compile_s=compile_s, s_per_it=s_per_it, steps_per_s=steps / s_per_it,
-              temp_mib=temp_mib)
+  return dict(
+    compile_s=compile_s, s_per_it=s_per_it, steps_per_s=steps / s_per_it, temp_mib=temp_mib
+  )
 
 
 def main(argv):
   del argv
-  print(f"JAX {jax.__version__} on {jax.devices()[0].platform}; batch {FLAGS.batch_size}, "
-        f"{FLAGS.num_seeds} seed(s), {FLAGS.iterations} timed iterations per config.")
-  header = (f"{'env':<13} {'network':<9} {'step':<9} {'remat':<5} {'G':>3} {'H':>4} "
-            f"{'T':>4} {'compile s':>9} {'s/iter':>8} {'env-steps/s':>11} "
-            f"{'temp MiB':>8}")
+  print(
+    f"JAX {jax.__version__} on {jax.devices()[0].platform}; batch {FLAGS.batch_size}, "
+    f"{FLAGS.num_seeds} seed(s), {FLAGS.iterations} timed iterations per config."
+  )
+  header = (
+    f"{'env':<13} {'network':<9} {'step':<9} {'remat':<5} {'G':>3} {'H':>4} "
+    f"{'T':>4} {'compile s':>9} {'s/iter':>8} {'env-steps/s':>11} "
+    f"{'temp MiB':>8}"
+  )
   print(header)
   print("-" * len(header))
   for env, network, step_impl, remat, groups in itertools.product(
-      FLAGS.envs, FLAGS.networks, FLAGS.step_impls, FLAGS.remat, FLAGS.batch_groups):
+    FLAGS.envs, FLAGS.networks, FLAGS.step_impls, FLAGS.remat, FLAGS.batch_groups
+  ):
     remat = remat.lower() in ("1", "true", "yes")
     label = f"{env:<13} {network:<9} {step_impl:<9} {str(remat):<5} {groups:>3}"
     try:
-      config = a2c_defaults(env, network=network, step_impl=step_impl, remat=remat,
-                            batch_size=FLAGS.batch_size, num_seeds=FLAGS.num_seeds,
-                            iterations=FLAGS.iterations, batch_groups=int(groups))
+      config = a2c_defaults(
+        env,
+        network=network,
+        step_impl=step_impl,
+        remat=remat,
+        batch_size=FLAGS.batch_size,
+        num_seeds=FLAGS.num_seeds,
+        iterations=FLAGS.iterations,
+        batch_groups=int(groups),
+      )
       r = measure(config)
     except Exception as e:  # pylint: disable=broad-except
-      print(f"{label} failed: {type(e).__name__}: {str(e).splitlines()[0][:80]}",
-            flush=True)
+      print(f"{label} failed: {type(e).__name__}: {str(e).splitlines()[0][:80]}", flush=True)
       continue
-    print(f"{label} {config.hidden_size:>4} {config.episode_length:>4} "
-          f"{r['compile_s']:>9.1f} {r['s_per_it']:>8.3f} {r['steps_per_s']:>11,.0f} "
-          f"{r['temp_mib']:>8.0f}", flush=True)
+    print(
+      f"{label} {config.hidden_size:>4} {config.episode_length:>4} "
+      f"{r['compile_s']:>9.1f} {r['s_per_it']:>8.3f} {r['steps_per_s']:>11,.0f} "
+      f"{r['temp_mib']:>8.0f}",
+      flush=True,
+    )
+
 
 if __name__ == "__main__":
   app.run(main)

@@ -89,16 +89,13 @@ import sys
 import time
 from typing import Any, Callable
 
-from absl import app, flags
 import jax
 import jax.numpy as jnp
+from absl import app, flags
 from jax import lax
 from jax.sharding import NamedSharding, PartitionSpec
 
-from bpm_jax import cells
-from bpm_jax import fast_step
-from bpm_jax import plasticity
-from bpm_jax import xla
+from bpm_jax import cells, fast_step, plasticity, xla
 from bpm_jax.config import NETWORKS, PlasticityConfig
 
 YNN_FUSION_OPTION = xla.YNN_FUSION_OPTION
@@ -108,31 +105,40 @@ STRATEGIES = ("vmap", "episodes", "sharded")
 _BATCH_SIZES = flags.DEFINE_list("batch_sizes", ["30"], "B values.")
 _HIDDEN_SIZES = flags.DEFINE_list("hidden_sizes", ["100", "200"], "H values.")
 _NETWORKS = flags.DEFINE_list("networks", list(NETWORKS), "Network types.")
-_IMPLS = flags.DEFINE_list("impls", ["reference", "reference_remat", "fast"],
-                           f"Step implementations, of {', '.join(IMPLS)}.")
-_STRATEGIES = flags.DEFINE_list("strategies", ["vmap", "episodes"],
-                                f"Batching strategies, of {', '.join(STRATEGIES)}.")
+_IMPLS = flags.DEFINE_list(
+  "impls", ["reference", "reference_remat", "fast"], f"Step implementations, of {', '.join(IMPLS)}."
+)
+_STRATEGIES = flags.DEFINE_list(
+  "strategies", ["vmap", "episodes"], f"Batching strategies, of {', '.join(STRATEGIES)}."
+)
 _STEPS = flags.DEFINE_integer("steps", 200, "T, steps per episode.")
 _REPS = flags.DEFINE_integer("reps", 5, "Timed calls after the warm-up; median kept.")
 _NUM_INPUTS = flags.DEFINE_integer("num_inputs", 27, "I (27: cue-reward observation).")
 _NUM_ACTIONS = flags.DEFINE_integer("num_actions", 2, "A, readout size.")
 _CLIP_VALUE = flags.DEFINE_float("clip_value", 1.0, "Trace bound c.")
 _HOST_DEVICES = flags.DEFINE_integer(
-    "host_devices", 1, "CPU devices to expose (jax_num_cpu_devices); the `sharded` "
-    "strategy shards the batch over them.")
-_ISOLATE = flags.DEFINE_bool("isolate", False,
-                             "Run every config in a fresh subprocess and report its "
-                             "peak RSS.")
+  "host_devices",
+  1,
+  "CPU devices to expose (jax_num_cpu_devices); the `sharded` strategy shards the batch over them.",
+)
+_ISOLATE = flags.DEFINE_bool(
+  "isolate", False, "Run every config in a fresh subprocess and report its peak RSS."
+)
 _YNN_FUSION = flags.DEFINE_bool(
-    "ynn_fusion", True, "Leave XLA:CPU's YNNPACK fusions on (its default). "
-    "--noynn_fusion compiles with xla_cpu_experimental_ynn_fusion_type='' (see the "
-    "module docstring: its reduce over the batch axis is pathologically slow at H=200).")
-_CHILD = flags.DEFINE_string("child", None, "Internal: one config as JSON; prints a "
-                             "JSON result line.")
+  "ynn_fusion",
+  True,
+  "Leave XLA:CPU's YNNPACK fusions on (its default). "
+  "--noynn_fusion compiles with xla_cpu_experimental_ynn_fusion_type='' (see the "
+  "module docstring: its reduce over the batch axis is pathologically slow at H=200).",
+)
+_CHILD = flags.DEFINE_string(
+  "child", None, "Internal: one config as JSON; prints a JSON result line."
+)
 
 
-def init_params(config: PlasticityConfig, hidden_size: int, num_inputs: int,
-                num_actions: int, seed: int = 0) -> dict[str, Any]:
+def init_params(
+  config: PlasticityConfig, hidden_size: int, num_inputs: int, num_actions: int, seed: int = 0
+) -> dict[str, Any]:
   """Parameters as `PlasticRNNCell` initialises them, plus a readout.
 
   Returns:
@@ -145,15 +151,26 @@ def init_params(config: PlasticityConfig, hidden_size: int, num_inputs: int,
   variables = cell.init(key_cell, cell.initialize_carry(key_cell, x.shape), x)
   cell_params = dict(variables["params"])
   dense = cell_params.pop("input")
-  readout = jax.random.uniform(key_out, (hidden_size, num_actions), jnp.float32,
-                               -hidden_size ** -0.5, hidden_size ** -0.5)
-  return dict(input_kernel=dense["kernel"], input_bias=dense["bias"],
-              plastic=plasticity.PlasticParams(**cell_params), readout=readout)
+  readout = jax.random.uniform(
+    key_out, (hidden_size, num_actions), jnp.float32, -(hidden_size**-0.5), hidden_size**-0.5
+  )
+  return dict(
+    input_kernel=dense["kernel"],
+    input_bias=dense["bias"],
+    plastic=plasticity.PlasticParams(**cell_params),
+    readout=readout,
+  )
 
 
-def episode_loss(params: dict[str, Any], xs: jax.Array, clip_value: jax.Array,
-                 config: PlasticityConfig, step: Callable, remat: bool,
-                 sharding: NamedSharding | None = None) -> jax.Array:
+def episode_loss(
+  params: dict[str, Any],
+  xs: jax.Array,
+  clip_value: jax.Array,
+  config: PlasticityConfig,
+  step: Callable,
+  remat: bool,
+  sharding: NamedSharding | None = None,
+) -> jax.Array:
   """Mean loss of the episodes in `xs`: [T, I] (one episode) or [T, B, I].
 
   With a batch axis the step is vmapped over it. `sharding` (batch axis 0 of
@@ -161,10 +178,11 @@ def episode_loss(params: dict[str, Any], xs: jax.Array, clip_value: jax.Array,
   """
   hidden = params["input_bias"].shape[0]
   batch_shape = xs.shape[1:-1]
-  x_drives = xs @ params["input_kernel"] + params["input_bias"]        # [T, (B,) H]
+  x_drives = xs @ params["input_kernel"] + params["input_bias"]  # [T, (B,) H]
   state = plasticity.RNNState(
-      h=jnp.zeros((hidden,), xs.dtype),
-      traces=plasticity.init_traces(config, hidden, hidden, xs.dtype))
+    h=jnp.zeros((hidden,), xs.dtype),
+    traces=plasticity.init_traces(config, hidden, hidden, xs.dtype),
+  )
   state = jax.tree.map(lambda a: jnp.broadcast_to(a, batch_shape + a.shape), state)
   if sharding is not None:
     state = jax.lax.with_sharding_constraint(state, sharding)
@@ -178,21 +196,23 @@ def episode_loss(params: dict[str, Any], xs: jax.Array, clip_value: jax.Array,
 
   if remat:
     body = jax.checkpoint(body)
-  _, (hs, ms) = lax.scan(body, state, x_drives)                   # [T, (B,) H], [.., K]
+  _, (hs, ms) = lax.scan(body, state, x_drives)  # [T, (B,) H], [.., K]
   logits = hs @ params["readout"]
   per_step = jnp.sum(jnp.square(logits), -1) + jnp.sum(jnp.square(ms), -1)
   return jnp.mean(per_step)
 
 
-def make_grad_fn(config: PlasticityConfig, impl: str, strategy: str,
-                 mesh: jax.sharding.Mesh | None) -> Callable:
+def make_grad_fn(
+  config: PlasticityConfig, impl: str, strategy: str, mesh: jax.sharding.Mesh | None
+) -> Callable:
   """`(params, xs [B, T, I], clip_value) -> (loss, grads)`, not yet jitted."""
   step = fast_step.rnn_step_fast if impl.startswith("fast") else plasticity.rnn_step
   remat = impl.endswith("_remat")
 
   if strategy == "episodes":
-    one_episode = jax.value_and_grad(functools.partial(
-        episode_loss, config=config, step=step, remat=remat))
+    one_episode = jax.value_and_grad(
+      functools.partial(episode_loss, config=config, step=step, remat=remat)
+    )
 
     def grad_fn(params, xs, clip_value):
       def accumulate(total, x_episode):
@@ -211,8 +231,7 @@ def make_grad_fn(config: PlasticityConfig, impl: str, strategy: str,
     sharding = NamedSharding(mesh, PartitionSpec("batch"))
 
   def loss_fn(params, xs, clip_value):
-    return episode_loss(params, jnp.swapaxes(xs, 0, 1), clip_value, config, step,
-                        remat, sharding)
+    return episode_loss(params, jnp.swapaxes(xs, 0, 1), clip_value, config, step, remat, sharding)
 
   return jax.value_and_grad(loss_fn)
 
@@ -228,14 +247,16 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
   if spec["strategy"] == "sharded":
     devices = jax.devices()
     if len(devices) < 2 or batch % len(devices):
-      raise ValueError(f"strategy 'sharded' needs --host_devices >= 2 dividing B={batch};"
-                       f" have {len(devices)} devices.")
-    mesh = jax.make_mesh((len(devices),), ("batch",),
-                         axis_types=(jax.sharding.AxisType.Auto,))
+      raise ValueError(
+        f"strategy 'sharded' needs --host_devices >= 2 dividing B={batch};"
+        f" have {len(devices)} devices."
+      )
+    mesh = jax.make_mesh((len(devices),), ("batch",), axis_types=(jax.sharding.AxisType.Auto,))
     xs = jax.device_put(xs, NamedSharding(mesh, PartitionSpec("batch")))
   compiler_options = {} if spec["ynn_fusion"] else {YNN_FUSION_OPTION: ""}
-  grad_fn = jax.jit(make_grad_fn(config, spec["impl"], spec["strategy"], mesh),
-                    compiler_options=compiler_options)
+  grad_fn = jax.jit(
+    make_grad_fn(config, spec["impl"], spec["strategy"], mesh), compiler_options=compiler_options
+  )
 
   start = time.perf_counter()
   compiled = grad_fn.lower(params, xs, clip_value).compile()
@@ -249,34 +270,50 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     jax.block_until_ready(compiled(params, xs, clip_value))
     times.append(time.perf_counter() - start)
   seconds = statistics.median(times)
-  return dict(spec, compile_s=compile_s, seconds=seconds,
-              steps_per_s=batch * steps / seconds, temp_mb=temp_bytes / 2**20,
-              rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+  return dict(
+    spec,
+    compile_s=compile_s,
+    seconds=seconds,
+    steps_per_s=batch * steps / seconds,
+    temp_mb=temp_bytes / 2**20,
+    rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+  )
 
 
 def measure_in_subprocess(spec: dict[str, Any]) -> dict[str, Any]:
   """Runs `measure(spec)` in a fresh interpreter (for a per-config peak RSS)."""
-  command = [sys.executable, "-m", "benchmarks.cell_throughput",
-             f"--host_devices={_HOST_DEVICES.value}", "--child", json.dumps(spec)]
-  result = subprocess.run(command, capture_output=True, text=True, check=False,
-                          env=dict(os.environ))
+  command = [
+    sys.executable,
+    "-m",
+    "benchmarks.cell_throughput",
+    f"--host_devices={_HOST_DEVICES.value}",
+    "--child",
+    json.dumps(spec),
+  ]
+  result = subprocess.run(
+    command, capture_output=True, text=True, check=False, env=dict(os.environ)
+  )
   lines = [l for l in result.stdout.splitlines() if l.startswith("{")]
   if result.returncode or not lines:
     raise RuntimeError(f"child failed for {spec}:\n{result.stderr[-2000:]}")
   return json.loads(lines[-1])
 
 
-HEADER = (f"{'network':<9} {'H':>4} {'B':>3} {'impl':<16} {'strategy':<9} {'ynn':>3} "
-          f"{'compile s':>9} {'s/iter':>7} {'env-steps/s':>11} {'temp MB':>8}"
-          f" {'peak RSS MB':>11}")
+HEADER = (
+  f"{'network':<9} {'H':>4} {'B':>3} {'impl':<16} {'strategy':<9} {'ynn':>3} "
+  f"{'compile s':>9} {'s/iter':>7} {'env-steps/s':>11} {'temp MB':>8}"
+  f" {'peak RSS MB':>11}"
+)
 
 
 def format_row(row: dict[str, Any]) -> str:
   rss = f"{row['rss_mb']:>11.0f}" if row.get("isolated") else f"{'-':>11}"
-  return (f"{row['network']:<9} {row['hidden']:>4} {row['batch']:>3} {row['impl']:<16} "
-          f"{row['strategy']:<9} {'on' if row['ynn_fusion'] else 'off':>3} "
-          f"{row['compile_s']:>9.1f} {row['seconds']:>7.3f} "
-          f"{row['steps_per_s']:>11,.0f} {row['temp_mb']:>8.1f} {rss}")
+  return (
+    f"{row['network']:<9} {row['hidden']:>4} {row['batch']:>3} {row['impl']:<16} "
+    f"{row['strategy']:<9} {'on' if row['ynn_fusion'] else 'off':>3} "
+    f"{row['compile_s']:>9.1f} {row['seconds']:>7.3f} "
+    f"{row['steps_per_s']:>11,.0f} {row['temp_mb']:>8.1f} {rss}"
+  )
 
 
 def main(argv: list[str]) -> None:
@@ -292,20 +329,31 @@ def main(argv: list[str]) -> None:
   for strategy in _STRATEGIES.value:
     if strategy not in STRATEGIES:
       raise ValueError(f"--strategies: {strategy!r} is not one of {STRATEGIES}.")
-  print(f"jax {jax.__version__}, backend {jax.default_backend()}, "
-        f"{len(jax.devices())} device(s), {os.cpu_count()} CPU core(s), "
-        f"T={_STEPS.value}, reps={_REPS.value}, "
-        f"LD_PRELOAD={os.environ.get('LD_PRELOAD', '(none)')}")
+  print(
+    f"jax {jax.__version__}, backend {jax.default_backend()}, "
+    f"{len(jax.devices())} device(s), {os.cpu_count()} CPU core(s), "
+    f"T={_STEPS.value}, reps={_REPS.value}, "
+    f"LD_PRELOAD={os.environ.get('LD_PRELOAD', '(none)')}"
+  )
   print(HEADER, flush=True)
   for hidden in map(int, _HIDDEN_SIZES.value):
     for batch in map(int, _BATCH_SIZES.value):
       for network in _NETWORKS.value:
         for strategy in _STRATEGIES.value:
           for impl in _IMPLS.value:
-            spec = dict(network=network, hidden=hidden, batch=batch, impl=impl,
-                        strategy=strategy, steps=_STEPS.value, reps=_REPS.value,
-                        num_inputs=_NUM_INPUTS.value, num_actions=_NUM_ACTIONS.value,
-                        clip_value=_CLIP_VALUE.value, ynn_fusion=_YNN_FUSION.value)
+            spec = dict(
+              network=network,
+              hidden=hidden,
+              batch=batch,
+              impl=impl,
+              strategy=strategy,
+              steps=_STEPS.value,
+              reps=_REPS.value,
+              num_inputs=_NUM_INPUTS.value,
+              num_actions=_NUM_ACTIONS.value,
+              clip_value=_CLIP_VALUE.value,
+              ynn_fusion=_YNN_FUSION.value,
+            )
             if _ISOLATE.value:
               row = dict(measure_in_subprocess(spec), isolated=True)
             else:

@@ -23,7 +23,7 @@ def make_run(env, params, batch_size: int, num_steps: int):
     action = jax.random.randint(key_action, (batch_size,), 0, env.num_actions)
     step_keys = jax.random.split(key_step, batch_size)
     obs, state, reward, _, _, _ = jax.vmap(env.step, in_axes=(0, 0, 0, None))(
-        step_keys, state, action, params
+      step_keys, state, action, params
     )
     return (obs, state), reward
 
@@ -59,8 +59,10 @@ def main() -> None:
   args = parser.parse_args()
 
   device = jax.devices()[0]
-  print(f"jax {jax.__version__}, backend {jax.default_backend()}, device {device.device_kind}"
-        f" x{jax.device_count()}")
+  print(
+    f"jax {jax.__version__}, backend {jax.default_backend()}, device {device.device_kind}"
+    f" x{jax.device_count()}"
+  )
   print(f"{'env':<16} {'B':>6} {'T':>5} {'compile s':>10} {'run s':>8} {'steps/s':>12}")
   for env_id in args.env_ids.split(","):
     env, params = envs.make(env_id)
@@ -68,8 +70,11 @@ def main() -> None:
       run = make_run(env, params, batch_size, args.num_steps)
       compile_s, run_s = time_run(run, args.repeats)
       steps_per_s = batch_size * args.num_steps / run_s
-      print(f"{env_id:<16} {batch_size:>6} {args.num_steps:>5} {compile_s:>10.2f}"
-            f" {run_s:>8.4f} {steps_per_s:>12,.0f}", flush=True)
+      print(
+        f"{env_id:<16} {batch_size:>6} {args.num_steps:>5} {compile_s:>10.2f}"
+        f" {run_s:>8.4f} {steps_per_s:>12,.0f}",
+        flush=True,
+      )
 
 
 if __name__ == "__main__":

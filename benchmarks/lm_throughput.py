@@ -23,24 +23,22 @@ import os
 import platform
 import time
 
-from absl import app, flags, logging
 import jax
 import numpy as np
+from absl import app, flags, logging
 
-from bpm_jax import lm
-from bpm_jax import ptb
+from bpm_jax import lm, ptb
 from bpm_jax.config import NETWORKS
-from train import lm_config
-from train import lm_learner
-from train import lm_train
+from train import lm_config, lm_learner, lm_train
 
 PTB_TOKENS = {"train": 929_589, "valid": 73_760, "test": 82_430}
 PTB_VOCAB = 10_000
 PTB_TRAIN_MD5 = "f26c4b92c5fdc7b3f8c7cdcb991d8420"
 
 _NETWORKS = flags.DEFINE_list("networks", list(NETWORKS), "Variants to time.")
-_TARGET = flags.DEFINE_integer("target_params", lm.PAPER_TARGET_PARAMS,
-                               "Parameter count every variant is matched to.")
+_TARGET = flags.DEFINE_integer(
+  "target_params", lm.PAPER_TARGET_PARAMS, "Parameter count every variant is matched to."
+)
 _VOCAB = flags.DEFINE_integer("vocab_size", PTB_VOCAB, "V (without --data_dir).")
 _BATCH = flags.DEFINE_integer("batch_size", 20, "B.")
 _UNROLL = flags.DEFINE_integer("unroll", 20, "T.")
@@ -61,16 +59,22 @@ def check_ptb(data_dir: str) -> ptb.Corpus:
   for split, expected in PTB_TOKENS.items():
     got = len(corpus.split(split))
     ok &= got == expected
-    print(f"  {split:<5} {got:>9,} tokens (expected {expected:,}) "
-          f"{'OK' if got == expected else 'MISMATCH'}")
+    print(
+      f"  {split:<5} {got:>9,} tokens (expected {expected:,}) "
+      f"{'OK' if got == expected else 'MISMATCH'}"
+    )
   ok &= corpus.vocab_size == PTB_VOCAB
-  print(f"  vocab {corpus.vocab_size:>9,} words  (expected {PTB_VOCAB:,}) "
-        f"{'OK' if corpus.vocab_size == PTB_VOCAB else 'MISMATCH'}")
+  print(
+    f"  vocab {corpus.vocab_size:>9,} words  (expected {PTB_VOCAB:,}) "
+    f"{'OK' if corpus.vocab_size == PTB_VOCAB else 'MISMATCH'}"
+  )
   ok &= md5 == PTB_TRAIN_MD5
   print(f"  train md5 {md5} {'OK' if md5 == PTB_TRAIN_MD5 else 'MISMATCH'}")
   streams = ptb.batchify(corpus.train, 20)
-  print(f"  B = 20 streams of {streams.shape[1]:,}; "
-        f"{ptb.num_minibatches(streams.shape[1], 20):,} minibatches of T = 20 per epoch")
+  print(
+    f"  B = 20 streams of {streams.shape[1]:,}; "
+    f"{ptb.num_minibatches(streams.shape[1], 20):,} minibatches of T = 20 per epoch"
+  )
   if not ok:
     raise SystemExit("PTB check failed.")
   return corpus
@@ -89,40 +93,47 @@ def main(argv):
     split = lm_learner.Split.from_ids(corpus.train, batch, unroll).slice(0, steps)
   else:
     vocab_size = _VOCAB.value
-    tokens = np.asarray(jax.random.randint(jax.random.key(0), (batch * (steps * unroll + 1),),
-                                           0, vocab_size), np.int32)
+    tokens = np.asarray(
+      jax.random.randint(jax.random.key(0), (batch * (steps * unroll + 1),), 0, vocab_size),
+      np.int32,
+    )
     split = lm_learner.Split.from_ids(tokens, batch, unroll).slice(0, steps)
 
   sizes = lm.match_hidden_sizes(_TARGET.value, vocab_size, networks=_NETWORKS.value)
-  configs = [lm.LMConfig(vocab_size=vocab_size, hidden_size=h, network=n)
-             for n, h in sizes.items()]
+  configs = [lm.LMConfig(vocab_size=vocab_size, hidden_size=h, network=n) for n, h in sizes.items()]
   print(f"\nParameter counts (target {_TARGET.value:,}, V = {vocab_size}, E = H, 2 layers):")
   print(lm.param_report(configs, _TARGET.value))
 
   hparams = lm_config.LMTrainConfig().hparams(1)
-  print(f"\nThroughput: train step (fwd + bwd + SGD), B = {batch}, T = {unroll}, "
-        f"{steps} steps per jitted scan, best of {_REPEATS.value}; "
-        f"{jax.devices()[0].platform.upper()} ({os.cpu_count()} cores, "
-        f"{platform.processor() or platform.machine()}), jax {jax.__version__}")
-  print(f"{'network':<10}{'hidden':>7}{'params':>11}{'compile s':>11}"
-        f"{'ms/step':>10}{'tokens/s':>10}")
+  print(
+    f"\nThroughput: train step (fwd + bwd + SGD), B = {batch}, T = {unroll}, "
+    f"{steps} steps per jitted scan, best of {_REPEATS.value}; "
+    f"{jax.devices()[0].platform.upper()} ({os.cpu_count()} cores, "
+    f"{platform.processor() or platform.machine()}), jax {jax.__version__}"
+  )
+  print(
+    f"{'network':<10}{'hidden':>7}{'params':>11}{'compile s':>11}{'ms/step':>10}{'tokens/s':>10}"
+  )
   for config in configs:
     state = lm_train.init_states(config, seed=0, num_seeds=1)
     carry = lm_train.initial_carry(config, batch, num_seeds=1)
-    train_chunk, compile_s = lm_train.compiled_chunk(config, True, state, carry, split,
-                                                     hparams)
+    train_chunk, compile_s = lm_train.compiled_chunk(config, True, state, carry, split, hparams)
     best = float("inf")
     for _ in range(_REPEATS.value):
       start = time.perf_counter()
-      new_state, _, metrics = train_chunk(state, carry, split.inputs, split.targets,
-                                          split.active, hparams)
+      new_state, _, metrics = train_chunk(
+        state, carry, split.inputs, split.targets, split.active, hparams
+      )
       jax.block_until_ready(new_state)
       best = min(best, time.perf_counter() - start)
     if not np.all(metrics["finite"]):
       raise SystemExit(f"{config.network}: non-finite loss in the benchmark.")
-    print(f"{config.network:<10}{config.hidden_size:>7}{lm.count_params(config):>11,}"
-          f"{compile_s:>11.1f}{1000 * best / steps:>10.1f}"
-          f"{batch * unroll * steps / best:>10,.0f}", flush=True)
+    print(
+      f"{config.network:<10}{config.hidden_size:>7}{lm.count_params(config):>11,}"
+      f"{compile_s:>11.1f}{1000 * best / steps:>10.1f}"
+      f"{batch * unroll * steps / best:>10,.0f}",
+      flush=True,
+    )
 
 
 if __name__ == "__main__":

@@ -20,8 +20,7 @@ import flax.linen as nn
 import jax
 
 from bpm_jax import plasticity
-from bpm_jax.cells import (PlasticRNNCell, torch_bias_init, torch_kernel_init,
-                           uniform_range)
+from bpm_jax.cells import PlasticRNNCell, torch_bias_init, torch_kernel_init, uniform_range
 from bpm_jax.config import PlasticityConfig
 
 Array = jax.Array
@@ -52,17 +51,23 @@ class ActorCritic(nn.Module):
   def setup(self):
     init = uniform_range(0.0, self.init_scale)
     self.cell = PlasticRNNCell(
-        hidden_size=self.hidden_size, config=self.config,
-        clip_value=self.clip_value, step_impl=self.step_impl, w_init=init,
-        alpha_init=init, eta_init=self.eta_init, plain_eta_init=self.eta_init,
-        return_modulation=True)
+      hidden_size=self.hidden_size,
+      config=self.config,
+      clip_value=self.clip_value,
+      step_impl=self.step_impl,
+      w_init=init,
+      alpha_init=init,
+      eta_init=self.eta_init,
+      plain_eta_init=self.eta_init,
+      return_modulation=True,
+    )
     bias_init = torch_bias_init(self.hidden_size)
-    self.policy = nn.Dense(self.num_actions, kernel_init=torch_kernel_init,
-                           bias_init=bias_init)
+    self.policy = nn.Dense(self.num_actions, kernel_init=torch_kernel_init, bias_init=bias_init)
     self.value = nn.Dense(1, kernel_init=torch_kernel_init, bias_init=bias_init)
 
-  def __call__(self, carry: plasticity.RNNState, obs: Array, sequence: bool = False
-               ) -> tuple[plasticity.RNNState, tuple[Array, Array, Array]]:
+  def __call__(
+    self, carry: plasticity.RNNState, obs: Array, sequence: bool = False
+  ) -> tuple[plasticity.RNNState, tuple[Array, Array, Array]]:
     """One step, or T steps of recorded observations.
 
     Args:
@@ -80,6 +85,5 @@ class ActorCritic(nn.Module):
   @nn.nowrap
   def initialize_carry(self, batch_shape: tuple[int, ...]) -> plasticity.RNNState:
     """Zero hidden state and traces for a fresh episode: h [*batch, H], traces [*batch, H, H]."""
-    cell = PlasticRNNCell(hidden_size=self.hidden_size, config=self.config,
-                          parent=None)
+    cell = PlasticRNNCell(hidden_size=self.hidden_size, config=self.config, parent=None)
     return cell.initialize_carry(None, tuple(batch_shape) + (1,))

@@ -61,11 +61,17 @@ def _alpha_shape(kind: str, pre: int, post: int) -> tuple[int, ...]:
   return {"full": (pre, post), "per_neuron": (1, post), "single": ()}[kind]
 
 
-def declare_plastic_params(module: nn.Module, pre: int, post: int,
-                           config: PlasticityConfig, w_init: Initializer,
-                           alpha_init: Initializer, eta_init: float,
-                           plain_eta_init: float,
-                           param_dtype: Any) -> plasticity.PlasticParams:
+def declare_plastic_params(
+  module: nn.Module,
+  pre: int,
+  post: int,
+  config: PlasticityConfig,
+  w_init: Initializer,
+  alpha_init: Initializer,
+  eta_init: float,
+  plain_eta_init: float,
+  param_dtype: Any,
+) -> plasticity.PlasticParams:
   """Declares the plastic path's parameters on `module` (call in compact code).
 
   Names: `w` [H, P], `alpha`, `eta`, `mod_kernel` [H, K], `mod_bias` [K],
@@ -74,8 +80,9 @@ def declare_plastic_params(module: nn.Module, pre: int, post: int,
   p = module.param
   params = dict(w=p("w", w_init, (pre, post), param_dtype))
   if config.is_plastic:
-    params["alpha"] = p("alpha", alpha_init, _alpha_shape(config.alpha_kind, pre, post),
-                        param_dtype)
+    params["alpha"] = p(
+      "alpha", alpha_init, _alpha_shape(config.alpha_kind, pre, post), param_dtype
+    )
   if config.network in ("plastic", "retromod"):
     eta_shape = () if config.eta_kind == "scalar" else (pre, post)
     params["eta"] = p("eta", constant(eta_init), eta_shape, param_dtype)
@@ -84,8 +91,7 @@ def declare_plastic_params(module: nn.Module, pre: int, post: int,
     params["mod_kernel"] = p("mod_kernel", torch_kernel_init, (pre, k), param_dtype)
     params["mod_bias"] = p("mod_bias", torch_bias_init(pre), (k,), param_dtype)
     if config.fan_out:
-      params["fanout_kernel"] = p("fanout_kernel", torch_kernel_init, (k, post),
-                                  param_dtype)
+      params["fanout_kernel"] = p("fanout_kernel", torch_kernel_init, (k, post), param_dtype)
       params["fanout_bias"] = p("fanout_bias", torch_bias_init(k), (post,), param_dtype)
     if config.partial_modulation:
       params["plain_eta"] = p("plain_eta", constant(plain_eta_init), (), param_dtype)
@@ -95,9 +101,10 @@ def declare_plastic_params(module: nn.Module, pre: int, post: int,
 def check_modulators(owner: str, config: PlasticityConfig, post: int) -> None:
   if config.is_modulated and not config.fan_out and config.num_modulators > post:
     raise ValueError(
-        f"{owner}: num_modulators={config.num_modulators} exceeds the {post} "
-        "postsynaptic units they would gate without fan-out; use fewer "
-        "modulators or fan_out=True.")
+      f"{owner}: num_modulators={config.num_modulators} exceeds the {post} "
+      "postsynaptic units they would gate without fan-out; use fewer "
+      "modulators or fan_out=True."
+    )
 
 
 STEP_IMPLS = ("reference", "fast", "fused")
@@ -108,6 +115,7 @@ def check_step_impl(owner: str, step_impl: str, config: PlasticityConfig) -> Non
   check_choice(owner, "step_impl", step_impl, STEP_IMPLS)
   if step_impl == "fused" and config.is_plastic:
     from bpm_jax import fused_step  # pylint: disable=g-import-not-at-top
+
     fused_step.check_supported(config)
 
 
@@ -119,6 +127,7 @@ def rnn_step_impl(name: str) -> Callable:
   """
   if name == "fast":
     from bpm_jax import fast_step  # pylint: disable=g-import-not-at-top
+
     return fast_step.rnn_step_fast
   return plasticity.rnn_step
 
@@ -162,7 +171,7 @@ def batched(step: Callable, batch_shape: tuple[int, ...]) -> Callable:
   size = math.prod(batch_shape)
 
   def run(params: plasticity.PlasticParams, state, x):
-    flat = lambda t: t.reshape((size,) + t.shape[len(batch_shape):])
+    flat = lambda t: t.reshape((size,) + t.shape[len(batch_shape) :])
     state, x = jax.tree.map(flat, (state, x))
     in_axes = jax.tree.map(lambda _: None, params)
     for name in _ELEMENTWISE_PARAMS:
@@ -176,25 +185,28 @@ def batched(step: Callable, batch_shape: tuple[int, ...]) -> Callable:
   return run
 
 
-def _fused_batched(params: plasticity.PlasticParams, state: plasticity.RNNState,
-                   x_drive: Array, config: PlasticityConfig, clip_value: Any,
-                   sequence: bool):
+def _fused_batched(
+  params: plasticity.PlasticParams,
+  state: plasticity.RNNState,
+  x_drive: Array,
+  config: PlasticityConfig,
+  clip_value: Any,
+  sequence: bool,
+):
   """The fused kernels over any leading batch dims (none: a batch of 1).
 
   x_drive: [..., H], or [T, ..., H] with `sequence`.
   """
   from bpm_jax import fused_step  # pylint: disable=g-import-not-at-top
+
   batch_shape = state.h.shape[:-1]
   size = math.prod(batch_shape)
-  flat = lambda t, lead=0: t.reshape(t.shape[:lead] + (size,)
-                                     + t.shape[lead + len(batch_shape):])
+  flat = lambda t, lead=0: t.reshape(t.shape[:lead] + (size,) + t.shape[lead + len(batch_shape) :])
   state = jax.tree.map(flat, state)
   if sequence:
-    out = fused_step.rnn_sequence_fused(params, state, flat(x_drive, 1), config,
-                                        clip_value)
+    out = fused_step.rnn_sequence_fused(params, state, flat(x_drive, 1), config, clip_value)
     state, (h, m) = out
-    unflat = lambda t, lead=0: t.reshape(t.shape[:lead] + batch_shape
-                                         + t.shape[lead + 1:])
+    unflat = lambda t, lead=0: t.reshape(t.shape[:lead] + batch_shape + t.shape[lead + 1 :])
     return jax.tree.map(unflat, state), (unflat(h, 1), unflat(m, 1))
   out = fused_step.rnn_step_fused(params, state, flat(x_drive), config, clip_value)
   return jax.tree.map(lambda t: t.reshape(batch_shape + t.shape[1:]), out)
@@ -249,25 +261,36 @@ class PlasticRNNCell(nn.RNNCellBase):
         direction (`fused_step.rnn_sequence_fused`), else a `lax.scan`.
     """
     hsize = self.hidden_size
-    x_drive = nn.Dense(hsize, kernel_init=torch_kernel_init,
-                       bias_init=torch_bias_init(x.shape[-1]),
-                       param_dtype=self.param_dtype, name="input")(x)
-    params = declare_plastic_params(self, hsize, hsize, self.config, self.w_init,
-                                    self.alpha_init, self.eta_init,
-                                    self.plain_eta_init, self.param_dtype)
+    x_drive = nn.Dense(
+      hsize,
+      kernel_init=torch_kernel_init,
+      bias_init=torch_bias_init(x.shape[-1]),
+      param_dtype=self.param_dtype,
+      name="input",
+    )(x)
+    params = declare_plastic_params(
+      self,
+      hsize,
+      hsize,
+      self.config,
+      self.w_init,
+      self.alpha_init,
+      self.eta_init,
+      self.plain_eta_init,
+      self.param_dtype,
+    )
     fused = self.step_impl == "fused" and self.config.is_plastic
     if fused:
-      carry, (h, m) = _fused_batched(params, carry, x_drive, self.config,
-                                     self.clip_value, sequence)
+      carry, (h, m) = _fused_batched(params, carry, x_drive, self.config, self.clip_value, sequence)
     else:
       rnn_step = rnn_step_impl(self.step_impl)
 
       def step(state, xd):
-        return batched(lambda p, s, x: rnn_step(p, s, x, self.config, self.clip_value),
-                       xd.shape[:-1])(params, state, xd)
+        return batched(
+          lambda p, s, x: rnn_step(p, s, x, self.config, self.clip_value), xd.shape[:-1]
+        )(params, state, xd)
 
-      carry, (h, m) = (jax.lax.scan(step, carry, x_drive) if sequence
-                       else step(carry, x_drive))
+      carry, (h, m) = jax.lax.scan(step, carry, x_drive) if sequence else step(carry, x_drive)
     self.sow("intermediates", "modulation", m)
     return carry, ((h, m) if self.return_modulation else h)
 
@@ -276,11 +299,13 @@ class PlasticRNNCell(nn.RNNCellBase):
     """Zero h [..., H] and traces [..., H, H] for batch dims `input_shape[:-1]`."""
     del rng
     batch = tuple(input_shape[:-1])
-    traces = plasticity.init_traces(self.config, self.hidden_size, self.hidden_size,
-                                    self.param_dtype)
+    traces = plasticity.init_traces(
+      self.config, self.hidden_size, self.hidden_size, self.param_dtype
+    )
     traces = jax.tree.map(lambda t: jnp.broadcast_to(t, batch + t.shape), traces)
-    return plasticity.RNNState(h=jnp.zeros(batch + (self.hidden_size,), self.param_dtype),
-                               traces=traces)
+    return plasticity.RNNState(
+      h=jnp.zeros(batch + (self.hidden_size,), self.param_dtype), traces=traces
+    )
 
   @property
   def num_feature_axes(self) -> int:
@@ -331,20 +356,30 @@ class PlasticLSTMCell(nn.RNNCellBase):
     """carry: LSTMState with leading batch dims; x: [..., I]."""
     hsize = self.hidden_size
     uniform = uniform_range(-self.init_scale, self.init_scale)
-    x_drive = nn.Dense(4 * hsize, kernel_init=uniform, bias_init=nn.initializers.zeros,
-                       param_dtype=self.param_dtype, name="input")(x)
+    x_drive = nn.Dense(
+      4 * hsize,
+      kernel_init=uniform,
+      bias_init=nn.initializers.zeros,
+      param_dtype=self.param_dtype,
+      name="input",
+    )(x)
     gate_kernel = None
     if not self.plastic_gates:
-      gate_kernel = self.param("gate_kernel", uniform, (hsize, 3 * hsize),
-                               self.param_dtype)
-    params = declare_plastic_params(self, hsize, self.post_size, self.config,
-                                    self.w_init or uniform, self.alpha_init,
-                                    self.eta_init, self.plain_eta_init,
-                                    self.param_dtype)
+      gate_kernel = self.param("gate_kernel", uniform, (hsize, 3 * hsize), self.param_dtype)
+    params = declare_plastic_params(
+      self,
+      hsize,
+      self.post_size,
+      self.config,
+      self.w_init or uniform,
+      self.alpha_init,
+      self.eta_init,
+      self.plain_eta_init,
+      self.param_dtype,
+    )
 
     def step(p, state, xd):
-      return plasticity.lstm_step(p, gate_kernel, state, xd, self.config,
-                                  self.clip_value)
+      return plasticity.lstm_step(p, gate_kernel, state, xd, self.config, self.clip_value)
 
     carry, (h, m) = batched(step, x.shape[:-1])(params, carry, x_drive)
     self.sow("intermediates", "modulation", m)
@@ -355,8 +390,7 @@ class PlasticLSTMCell(nn.RNNCellBase):
     """Zero h, c [..., H] and traces [..., H, P] for batch dims `input_shape[:-1]`."""
     del rng
     batch = tuple(input_shape[:-1])
-    traces = plasticity.init_traces(self.config, self.hidden_size, self.post_size,
-                                    self.param_dtype)
+    traces = plasticity.init_traces(self.config, self.hidden_size, self.post_size, self.param_dtype)
     traces = jax.tree.map(lambda t: jnp.broadcast_to(t, batch + t.shape), traces)
     zeros = jnp.zeros(batch + (self.hidden_size,), self.param_dtype)
     return plasticity.LSTMState(h=zeros, c=zeros, traces=traces)

@@ -26,8 +26,11 @@ ETA_KINDS: tuple[str, ...] = typing.get_args(EtaKind)
 
 # The allowed values of each choice field of PlasticityConfig.
 CHOICES: dict[str, tuple[str, ...]] = {
-    "network": NETWORKS, "alpha_kind": ALPHA_KINDS, "rule": TRACE_RULES,
-    "modulation_fn": MODULATION_FNS, "eta_kind": ETA_KINDS,
+  "network": NETWORKS,
+  "alpha_kind": ALPHA_KINDS,
+  "rule": TRACE_RULES,
+  "modulation_fn": MODULATION_FNS,
+  "eta_kind": ETA_KINDS,
 }
 
 
@@ -39,15 +42,15 @@ def check_choice(owner: str, field: str, value: Any, allowed: tuple[str, ...]) -
   """Raises a ValueError naming the field, the bad value and the allowed ones."""
   if value not in allowed:
     raise ValueError(
-        f"{owner}.{field}={value!r} is not a known option; "
-        f"choose one of {', '.join(repr(a) for a in allowed)}.")
+      f"{owner}.{field}={value!r} is not a known option; "
+      f"choose one of {', '.join(repr(a) for a in allowed)}."
+    )
 
 
 def check_positive(owner: str, field: str, value: Any) -> None:
   """Raises a ValueError unless `value` is an int >= 1."""
   if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-    raise ValueError(
-        f"{owner}.{field}={value!r} is impossible; it must be an integer >= 1.")
+    raise ValueError(f"{owner}.{field}={value!r} is impossible; it must be an integer >= 1.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,18 +81,21 @@ class PlasticityConfig:
 
   # `metadata["help"]`: the one-line help of the trainers' flag of the same name.
   network: Network = _field("modplast", "Network type: rnn | plastic | modplast | retromod.")
-  alpha_kind: AlphaKind = _field(
-      "full", "Plasticity coefficients: full | per_neuron | single.")
+  alpha_kind: AlphaKind = _field("full", "Plasticity coefficients: full | per_neuron | single.")
   rule: TraceRule = _field("clip", "Hebbian trace rule: clip | decay | oja | soft_clip.")
   modulation_fn: ModulationFn = _field(
-      "tanh", "f of m(t) = f(h W_mod + b): tanh | sigmoid | identity.")
+    "tanh", "f of m(t) = f(h W_mod + b): tanh | sigmoid | identity."
+  )
   fan_out: bool = _field(False, "Modulation fan-out M(t) = m(t) V + u per neuron.")
   num_modulators: int = _field(1, "K, neuromodulatory signals (paper: 1).")
   partial_modulation: bool = _field(
-      False, "Half the neurons plain Hebbian (reference option fm=0).")
+    False, "Half the neurons plain Hebbian (reference option fm=0)."
+  )
   eta_kind: EtaKind = _field(
-      "scalar", "Shape of the trained eta (plastic) / eligibility rate (retromod): "
-      "scalar | full (one per connection).")
+    "scalar",
+    "Shape of the trained eta (plastic) / eligibility rate (retromod): "
+    "scalar | full (one per connection).",
+  )
 
   def __post_init__(self):
     owner = type(self).__name__
@@ -101,14 +107,16 @@ class PlasticityConfig:
     check_positive(owner, "num_modulators", self.num_modulators)
     if self.network == "retromod" and self.rule == "oja":
       raise ValueError(
-          f"{owner}.rule='oja' cannot be used with network='retromod': Oja's "
-          "rule needs the pre- and postsynaptic activities, while retroactive "
-          "modulation consolidates an eligibility trace. Use rule='clip', "
-          "'decay' or 'soft_clip'.")
+        f"{owner}.rule='oja' cannot be used with network='retromod': Oja's "
+        "rule needs the pre- and postsynaptic activities, while retroactive "
+        "modulation consolidates an eligibility trace. Use rule='clip', "
+        "'decay' or 'soft_clip'."
+      )
     if self.partial_modulation and not self.is_modulated:
       raise ValueError(
-          f"{owner}.partial_modulation=True needs a modulated network "
-          f"('modplast' or 'retromod'), got network={self.network!r}.")
+        f"{owner}.partial_modulation=True needs a modulated network "
+        f"('modplast' or 'retromod'), got network={self.network!r}."
+      )
 
   @property
   def is_plastic(self) -> bool:

@@ -52,10 +52,13 @@ from bpm_jax.config import PlasticityConfig
 Array = jax.Array
 
 
-def rnn_step_fast(params: plasticity.PlasticParams, state: plasticity.RNNState,
-                  x_drive: Array, config: PlasticityConfig,
-                  clip_value: Array | float
-                  ) -> tuple[plasticity.RNNState, tuple[Array, Array]]:
+def rnn_step_fast(
+  params: plasticity.PlasticParams,
+  state: plasticity.RNNState,
+  x_drive: Array,
+  config: PlasticityConfig,
+  clip_value: Array | float,
+) -> tuple[plasticity.RNNState, tuple[Array, Array]]:
   """Same as `plasticity.rnn_step`, with a memory-lean custom backward pass.
 
   The fixed-weight drive `h_tm1 @ W` is computed outside the custom VJP with
@@ -74,14 +77,18 @@ def rnn_step_fast(params: plasticity.PlasticParams, state: plasticity.RNNState,
     (new state, (h_t [H], m_t [K])), equal to `plasticity.rnn_step`.
   """
   clip_value = jnp.asarray(clip_value, dtype=state.h.dtype)
-  fixed_drive = state.h @ params.w                                  # [H]
-  return _plastic_step(config, params.replace(w=None), state, x_drive, fixed_drive,
-                       clip_value)
+  fixed_drive = state.h @ params.w  # [H]
+  return _plastic_step(config, params.replace(w=None), state, x_drive, fixed_drive, clip_value)
 
 
-def _plastic_step_forward(config: PlasticityConfig, params: plasticity.PlasticParams,
-                          state: plasticity.RNNState, x_drive: Array,
-                          fixed_drive: Array, clip_value: Array):
+def _plastic_step_forward(
+  config: PlasticityConfig,
+  params: plasticity.PlasticParams,
+  state: plasticity.RNNState,
+  x_drive: Array,
+  fixed_drive: Array,
+  clip_value: Array,
+):
   """`plasticity.rnn_step` given `fixed_drive = h_tm1 @ W` (same operations and order).
 
   `params.w` is None here; the plastic part of the drive is written exactly as
@@ -95,8 +102,7 @@ def _plastic_step_forward(config: PlasticityConfig, params: plasticity.PlasticPa
     else:
       drive = drive + jnp.reshape(params.alpha, (-1,)) * (h_tm1 @ hebb)
   h = jnp.tanh(x_drive + drive)
-  traces, m = plasticity.update_traces(params, state.traces, h_tm1, h, h, config,
-                                       clip_value)
+  traces, m = plasticity.update_traces(params, state.traces, h_tm1, h, h, config, clip_value)
   return plasticity.RNNState(h=h, traces=traces), (h, m)
 
 
@@ -104,11 +110,17 @@ _plastic_step = jax.custom_vjp(_plastic_step_forward, nondiff_argnums=(0,))
 
 
 def _plastic_step_fwd(config, params, state, x_drive, fixed_drive, clip_value):
-  outputs = _plastic_step_forward(config, params, state, x_drive, fixed_drive,
-                                  clip_value)
+  outputs = _plastic_step_forward(config, params, state, x_drive, fixed_drive, clip_value)
   _, (h, m) = outputs
-  residuals = (params, state.h, state.traces.hebb, state.traces.elig, h,
-               m if config.is_modulated else None, clip_value)
+  residuals = (
+    params,
+    state.h,
+    state.traces.hebb,
+    state.traces.elig,
+    h,
+    m if config.is_modulated else None,
+    clip_value,
+  )
   return outputs, residuals
 
 
@@ -130,8 +142,7 @@ def _is_row(scale: Array) -> bool:
   return jnp.ndim(scale) < 2 or jnp.shape(scale)[0] == 1
 
 
-def _clip_bwd(z: Array, lo: Array | float, hi: Array | float,
-              g_out: Array) -> tuple[Array, Array]:
+def _clip_bwd(z: Array, lo: Array | float, hi: Array | float, g_out: Array) -> tuple[Array, Array]:
   """Cotangents of `jnp.clip(z, lo, hi)` as JAX differentiates it.
 
   `jnp.clip` is `minimum(hi, maximum(lo, z))`; `maximum`/`minimum` send half
@@ -151,9 +162,9 @@ def _clip_bwd(z: Array, lo: Array | float, hi: Array | float,
   return g_z, g_hi - g_lo
 
 
-def _trace_rule_bwd(rule: str, hebb: Array, product: Array, rate: Array,
-                    clip_value: Array, g_new: Array
-                    ) -> tuple[Array, Array, Optional[Array], Optional[Array]]:
+def _trace_rule_bwd(
+  rule: str, hebb: Array, product: Array, rate: Array, clip_value: Array, g_new: Array
+) -> tuple[Array, Array, Optional[Array], Optional[Array]]:
   """Backward of `plasticity.apply_trace_rule` (clip, decay, soft_clip).
 
   The cotangents of the product d and the rate r share a factor `g_core`:
@@ -182,14 +193,16 @@ def _trace_rule_bwd(rule: str, hebb: Array, product: Array, rate: Array,
     relu_pos, relu_neg = jax.nn.relu(delta), jax.nn.relu(-delta)
     soft = hebb + relu_pos * (1.0 - hebb) - relu_neg * (hebb + 1.0)
     g_soft, _ = _clip_bwd(soft, -1.0, 1.0, g_new)
-    g_delta = g_soft * (jnp.where(delta > 0, 1.0 - hebb, 0.0)
-                        + jnp.where(delta < 0, hebb + 1.0, 0.0))
+    g_delta = g_soft * (
+      jnp.where(delta > 0, 1.0 - hebb, 0.0) + jnp.where(delta < 0, hebb + 1.0, 0.0)
+    )
     return g_soft * (1.0 - relu_pos - relu_neg), g_delta, None, None
   raise ValueError(f"_trace_rule_bwd: unsupported rule {rule!r}.")
 
 
-def _oja_bwd(hebb: Array, pre: Array, post: Array, rate: Array, g_new: Array
-             ) -> tuple[Array, Array, Array, Array]:
+def _oja_bwd(
+  hebb: Array, pre: Array, post: Array, rate: Array, g_new: Array
+) -> tuple[Array, Array, Array, Array]:
   """Backward of Oja's rule `hebb + r * post_j * (pre_i - post_j * hebb_ij)`.
 
   Returns:
@@ -204,8 +217,9 @@ def _oja_bwd(hebb: Array, pre: Array, post: Array, rate: Array, g_new: Array
   return g_hebb, g_pre, g_post, g_rate
 
 
-def _outer_bwd(pre: Array, post: Array, matrix: Array, scale: Array,
-               pre_matrix: Optional[Array] = None) -> tuple[Array, Array]:
+def _outer_bwd(
+  pre: Array, post: Array, matrix: Array, scale: Array, pre_matrix: Optional[Array] = None
+) -> tuple[Array, Array]:
   """Cotangents of pre [H] and post [P] from `g = matrix * scale` on outer(pre, post).
 
   With `scale` of shape [] or [1, P] the product `matrix * scale` is never
@@ -235,9 +249,9 @@ def _plastic_step_bwd(config: PlasticityConfig, residuals, cotangents):
   g_state, (g_h_out, g_m_out) = cotangents
   post_size = h.shape[0]
 
-  g_h = g_state.h + g_h_out                       # [P] cotangent of h_t
-  g_h_tm1 = jnp.zeros_like(h_tm1)                 # [H]
-  grads = {}                                      # PlasticParams field -> cotangent
+  g_h = g_state.h + g_h_out  # [P] cotangent of h_t
+  g_h_tm1 = jnp.zeros_like(h_tm1)  # [H]
+  grads = {}  # PlasticParams field -> cotangent
   g_clip = jnp.zeros_like(clip_value)
   g_hebb_old = g_elig_old = None
 
@@ -249,8 +263,8 @@ def _plastic_step_bwd(config: PlasticityConfig, residuals, cotangents):
     g_h = g_h + g_post
 
   if config.is_plastic:
-    g_hebb_new = g_state.traces.hebb              # [H, P]
-    outer = jnp.outer(h_tm1, h)                   # recomputed d = outer(h_tm1, h_t)
+    g_hebb_new = g_state.traces.hebb  # [H, P]
+    outer = jnp.outer(h_tm1, h)  # recomputed d = outer(h_tm1, h_t)
 
     # Rate r ([] or [H, P] eta; [1, P] modulated) and product of the Hebb update.
     mask = None
@@ -258,10 +272,11 @@ def _plastic_step_bwd(config: PlasticityConfig, residuals, cotangents):
     if config.network == "plastic":
       rate = params.eta
     else:
-      rate = plasticity.modulation_rate(m, params.fanout_kernel, params.fanout_bias,
-                                        post_size)                          # [1, P]
+      rate = plasticity.modulation_rate(
+        m, params.fanout_kernel, params.fanout_bias, post_size
+      )  # [1, P]
       if config.partial_modulation:
-        mask = plasticity.partial_mask(post_size)                           # [1, P]
+        mask = plasticity.partial_mask(post_size)  # [1, P]
         rate = jnp.where(mask, rate, params.plain_eta)
     if product_is_outer:
       product = outer
@@ -273,17 +288,17 @@ def _plastic_step_bwd(config: PlasticityConfig, residuals, cotangents):
 
     # Backward of the Hebb rule; g_rate: cotangent of r, reduced to [P] or [H, P].
     if config.rule == "oja":
-      g_hebb_old, g_pre, g_post, g_rate_full = _oja_bwd(hebb, h_tm1, h, rate,
-                                                         g_hebb_new)
+      g_hebb_old, g_pre, g_post, g_rate_full = _oja_bwd(hebb, h_tm1, h, rate, g_hebb_new)
       g_h_tm1 = g_h_tm1 + g_pre
       g_h = g_h + g_post
       g_rate = g_rate_full if not _is_row(rate) else jnp.sum(g_rate_full, axis=0)
     else:
       g_hebb_old, g_core, g_rate_extra, g_c = _trace_rule_bwd(
-          config.rule, hebb, product, rate, clip_value, g_hebb_new)
+        config.rule, hebb, product, rate, clip_value, g_hebb_new
+      )
       if g_c is not None:
         g_clip = g_c
-      if not _is_row(rate):                       # eta [H, P]: elementwise
+      if not _is_row(rate):  # eta [H, P]: elementwise
         g_rate = g_core * product
         if g_rate_extra is not None:
           g_rate = g_rate + g_rate_extra
@@ -321,26 +336,26 @@ def _plastic_step_bwd(config: PlasticityConfig, residuals, cotangents):
     if config.network == "plastic":
       grads["eta"] = _sum_to_shape(g_rate, jnp.shape(params.eta))
     else:
-      g_rate_col = g_rate                                                   # [P]
+      g_rate_col = g_rate  # [P]
       if mask is not None:
         grads["plain_eta"] = jnp.sum(jnp.where(mask[0], 0.0, g_rate_col))
         g_rate_col = jnp.where(mask[0], g_rate_col, 0.0)
       g_m = g_m_out
       if config.fan_out:
-        grads["fanout_kernel"] = jnp.outer(m, g_rate_col)                  # [K, P]
+        grads["fanout_kernel"] = jnp.outer(m, g_rate_col)  # [K, P]
         grads["fanout_bias"] = g_rate_col
         g_m = g_m + params.fanout_kernel @ g_rate_col
       else:
         groups = plasticity.modulator_groups(m.shape[0], post_size)
         g_m = g_m + jax.ops.segment_sum(g_rate_col, groups, m.shape[0])
       # m_t = f(h_t @ W_mod + b_mod).
-      g_s = g_m * _modulation_derivative(m, config.modulation_fn)           # [K]
+      g_s = g_m * _modulation_derivative(m, config.modulation_fn)  # [K]
       grads["mod_kernel"] = jnp.outer(h, g_s)
       grads["mod_bias"] = g_s
       g_h = g_h + params.mod_kernel @ g_s
 
   # h_t = tanh(x_drive + fixed_drive + plastic drive).
-  g_a = g_h * (1.0 - jnp.square(h))                                         # [P]
+  g_a = g_h * (1.0 - jnp.square(h))  # [P]
   if config.is_plastic:
     if config.alpha_kind == "full":
       g_h_tm1 = g_h_tm1 + (params.alpha * hebb) @ g_a
@@ -348,17 +363,28 @@ def _plastic_step_bwd(config: PlasticityConfig, residuals, cotangents):
       grads["alpha"] = pre_g_a * hebb
       g_hebb_old = g_hebb_old + params.alpha * pre_g_a
     else:
-      alpha_row = jnp.reshape(params.alpha, (-1,))                          # [1] or [P]
-      pre_hebb = h_tm1 @ hebb                                               # [P]
+      alpha_row = jnp.reshape(params.alpha, (-1,))  # [1] or [P]
+      pre_hebb = h_tm1 @ hebb  # [P]
       grads["alpha"] = _sum_to_shape((g_a * pre_hebb)[None, :], jnp.shape(params.alpha))
-      g_scaled = alpha_row * g_a                                            # [P]
+      g_scaled = alpha_row * g_a  # [P]
       g_h_tm1 = g_h_tm1 + hebb @ g_scaled
       g_hebb_old = g_hebb_old + jnp.outer(h_tm1, g_scaled)
 
-  g_params = plasticity.PlasticParams(**{
+  g_params = plasticity.PlasticParams(
+    **{
       field: (None if getattr(params, field) is None else grads[field])
-      for field in ("w", "alpha", "eta", "mod_kernel", "mod_bias",
-                    "fanout_kernel", "fanout_bias", "plain_eta")})
+      for field in (
+        "w",
+        "alpha",
+        "eta",
+        "mod_kernel",
+        "mod_bias",
+        "fanout_kernel",
+        "fanout_bias",
+        "plain_eta",
+      )
+    }
+  )
   g_traces = plasticity.Traces(hebb=g_hebb_old, elig=g_elig_old)
   g_state_old = plasticity.RNNState(h=g_h_tm1, traces=g_traces)
   return g_params, g_state_old, g_a, g_a, g_clip

@@ -56,8 +56,8 @@ import platform
 import shutil
 import subprocess
 import tempfile
-from typing import NamedTuple
 import warnings
+from typing import NamedTuple
 
 import chex
 import jax
@@ -70,12 +70,11 @@ from bpm_jax.config import PlasticityConfig
 Array = jax.Array
 
 _SOURCE = pathlib.Path(__file__).with_name("kernels") / "plastic_step.cc"
-_FLAGS = ("-O3", "-march=native", "-fopenmp-simd", "-std=c++17", "-shared",
-          "-fPIC")
+_FLAGS = ("-O3", "-march=native", "-fopenmp-simd", "-std=c++17", "-shared", "-fPIC")
 _NETWORK_CODE = {"plastic": 1, "modplast": 2, "retromod": 3}
 _TARGETS = {  # FFI target name -> symbol in the library
-    "bpm_plastic_seq_fwd": "BpmPlasticSeqFwd",
-    "bpm_plastic_seq_bwd": "BpmPlasticSeqBwd",
+  "bpm_plastic_seq_fwd": "BpmPlasticSeqFwd",
+  "bpm_plastic_seq_bwd": "BpmPlasticSeqBwd",
 }
 
 
@@ -89,43 +88,47 @@ class Operands(NamedTuple):
   """
 
   # The forward's operands; the backward returns their cotangents.
-  x: Array | None = None          # [T, B, H] input drives x_t W_in + b
-  h0: Array | None = None         # [B, H]
-  hebb0: Array | None = None      # [B, H, H]
-  elig0: Array | None = None      # [B, H, H] (retromod) or a [1] placeholder
-  w: Array | None = None          # [H, H]
-  alpha: Array | None = None      # [H, H]
-  eta: Array | None = None        # [] (0 where unused)
-  w_mod: Array | None = None      # [H] (0 where unused)
-  b_mod: Array | None = None      # [] (0 where unused)
-  clip: Array | None = None       # []
+  x: Array | None = None  # [T, B, H] input drives x_t W_in + b
+  h0: Array | None = None  # [B, H]
+  hebb0: Array | None = None  # [B, H, H]
+  elig0: Array | None = None  # [B, H, H] (retromod) or a [1] placeholder
+  w: Array | None = None  # [H, H]
+  alpha: Array | None = None  # [H, H]
+  eta: Array | None = None  # [] (0 where unused)
+  w_mod: Array | None = None  # [H] (0 where unused)
+  b_mod: Array | None = None  # [] (0 where unused)
+  clip: Array | None = None  # []
   # The forward's results the backward reads, and the final cotangents.
-  h: Array | None = None          # [T, B, H]
-  m: Array | None = None          # [T, B]
+  h: Array | None = None  # [T, B, H]
+  m: Array | None = None  # [T, B]
   hebb_hist: Array | None = None  # [T, B, H, H]: Hebb_tm1 of each step
   elig_hist: Array | None = None  # [T, B, H, H] (retromod) or [1]
-  g_h: Array | None = None        # [T, B, H]
-  g_m: Array | None = None        # [T, B]
-  g_hebb: Array | None = None     # [B, H, H]: cotangent of the final Hebb
-  g_elig: Array | None = None     # [B, H, H] or [1]
+  g_h: Array | None = None  # [T, B, H]
+  g_m: Array | None = None  # [T, B]
+  g_hebb: Array | None = None  # [B, H, H]: cotangent of the final Hebb
+  g_elig: Array | None = None  # [B, H, H] or [1]
 
 
-_FWD_OPERANDS = Operands._fields[:Operands._fields.index("clip") + 1]
+_FWD_OPERANDS = Operands._fields[: Operands._fields.index("clip") + 1]
 _BWD_OPERANDS = tuple(f for f in Operands._fields if f not in ("x", "hebb0", "elig0"))
 _FWD_RESULTS = ("h", "m", "hebb", "elig", "hebb_hist", "elig_hist")
 _BWD_RESULTS = tuple(f"g_{f}" for f in _FWD_OPERANDS)
 # The backward overwrites the final trace cotangents with the initial ones in
 # place (for one step in a scan this saves XLA a copy of [B, H, H] per step).
-_BWD_ALIASES = {_BWD_OPERANDS.index("g_hebb"): _BWD_RESULTS.index("g_hebb0"),
-                _BWD_OPERANDS.index("g_elig"): _BWD_RESULTS.index("g_elig0")}
+_BWD_ALIASES = {
+  _BWD_OPERANDS.index("g_hebb"): _BWD_RESULTS.index("g_hebb0"),
+  _BWD_OPERANDS.index("g_elig"): _BWD_RESULTS.index("g_elig0"),
+}
 
 
 def unsupported_reason(config: PlasticityConfig) -> str | None:
   """Why the fused kernel cannot compute `config`, or None if it can."""
   wanted = {"alpha_kind": "full", "rule": "clip", "eta_kind": "scalar"}
   if config.network not in _NETWORK_CODE:
-    return (f"network={config.network!r} (the fused kernel covers "
-            f"{', '.join(repr(n) for n in _NETWORK_CODE)})")
+    return (
+      f"network={config.network!r} (the fused kernel covers "
+      f"{', '.join(repr(n) for n in _NETWORK_CODE)})"
+    )
   for field, value in wanted.items():
     if getattr(config, field) != value:
       return f"{field}={getattr(config, field)!r} (the fused kernel needs {value!r})"
@@ -133,8 +136,10 @@ def unsupported_reason(config: PlasticityConfig) -> str | None:
     if config.modulation_fn != "tanh":
       return f"modulation_fn={config.modulation_fn!r} (the fused kernel needs 'tanh')"
     if config.fan_out or config.num_modulators != 1 or config.partial_modulation:
-      return ("fan_out, num_modulators > 1 or partial_modulation (the fused "
-              "kernel covers one modulator shared by all synapses)")
+      return (
+        "fan_out, num_modulators > 1 or partial_modulation (the fused "
+        "kernel covers one modulator shared by all synapses)"
+      )
   return None
 
 
@@ -143,13 +148,13 @@ def check_supported(config: PlasticityConfig) -> None:
   reason = unsupported_reason(config)
   if reason is not None:
     raise ValueError(
-        f"step_impl='fused' does not support {reason}; use step_impl='fast', "
-        "which covers every configuration.")
+      f"step_impl='fused' does not support {reason}; use step_impl='fast', "
+      "which covers every configuration."
+    )
 
 
 def _cache_dir() -> pathlib.Path:
-  return pathlib.Path(os.environ.get(
-      "BPM_JAX_CACHE", pathlib.Path.home() / ".cache" / "bpm_jax"))
+  return pathlib.Path(os.environ.get("BPM_JAX_CACHE", pathlib.Path.home() / ".cache" / "bpm_jax"))
 
 
 def _cpu_model() -> str:
@@ -174,16 +179,17 @@ def library_path() -> pathlib.Path:
   compiler = os.environ.get("CXX", "g++")
   if shutil.which(compiler) is None:
     raise RuntimeError(
-        f"step_impl='fused' compiles a C++ kernel, but the compiler {compiler!r} "
-        "was not found. Install one (e.g. `apt-get install g++`) or set $CXX, "
-        "or use step_impl='fast'.")
+      f"step_impl='fused' compiles a C++ kernel, but the compiler {compiler!r} "
+      "was not found. Install one (e.g. `apt-get install g++`) or set $CXX, "
+      "or use step_impl='fast'."
+    )
   include = jax.ffi.include_dir()
   key = hashlib.sha256()
   key.update(_SOURCE.read_bytes())
   key.update(" ".join((compiler,) + _FLAGS).encode())
   key.update(importlib.metadata.version("jaxlib").encode())
   key.update(include.encode())
-  key.update(_cpu_model().encode())       # -march=native: one build per CPU model
+  key.update(_cpu_model().encode())  # -march=native: one build per CPU model
   path = _cache_dir() / f"plastic_step-{key.hexdigest()[:16]}.so"
   if path.exists():
     return path
@@ -195,9 +201,10 @@ def library_path() -> pathlib.Path:
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     if result.returncode != 0:
       raise RuntimeError(
-          "step_impl='fused': compiling the C++ kernel failed "
-          f"({' '.join(command)}):\n{result.stderr[-4000:]}\n"
-          "Use step_impl='fast' meanwhile.")
+        "step_impl='fused': compiling the C++ kernel failed "
+        f"({' '.join(command)}):\n{result.stderr[-4000:]}\n"
+        "Use step_impl='fast' meanwhile."
+      )
     os.replace(tmp_path, path)
   return path
 
@@ -207,8 +214,7 @@ def _register() -> None:
   """Builds/loads the kernels and registers their FFI targets for the CPU."""
   library = ctypes.cdll.LoadLibrary(str(library_path()))
   for target, symbol in _TARGETS.items():
-    jax.ffi.register_ffi_target(
-        target, jax.ffi.pycapsule(getattr(library, symbol)), platform="cpu")
+    jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, symbol)), platform="cpu")
 
 
 @functools.lru_cache(maxsize=None)
@@ -222,24 +228,35 @@ def available() -> bool:
   try:
     _register()
   except (RuntimeError, OSError) as e:
-    warnings.warn(f"The fused kernels are not available, using step_impl='fast': {e}",
-                  RuntimeWarning, stacklevel=2)
+    warnings.warn(
+      f"The fused kernels are not available, using step_impl='fast': {e}",
+      RuntimeWarning,
+      stacklevel=2,
+    )
     return False
   return True
 
 
-def _check_inputs(config: PlasticityConfig, state: plasticity.RNNState, x: Array,
-                  params: plasticity.PlasticParams, clip_value: Array, x_rank: int,
-                  name: str) -> None:
+def _check_inputs(
+  config: PlasticityConfig,
+  state: plasticity.RNNState,
+  x: Array,
+  params: plasticity.PlasticParams,
+  clip_value: Array,
+  x_rank: int,
+  name: str,
+) -> None:
   check_supported(config)
   if jax.default_backend() != "cpu":
     raise ValueError(
-        f"step_impl='fused' runs on the CPU only (its kernels are C++), but JAX's "
-        f"backend is {jax.default_backend()!r}; use step_impl='fast' there.")
+      f"step_impl='fused' runs on the CPU only (its kernels are C++), but JAX's "
+      f"backend is {jax.default_backend()!r}; use step_impl='fast' there."
+    )
   if state.h.ndim != 2 or x.ndim != x_rank or x.shape[-2:] != state.h.shape:
     raise ValueError(
-        f"{name}: state.h must be [B, H] and x_drive {'[T, B, H]' if x_rank == 3 else '[B, H]'}; "
-        f"got {state.h.shape} and {x.shape}.")
+      f"{name}: state.h must be [B, H] and x_drive {'[T, B, H]' if x_rank == 3 else '[B, H]'}; "
+      f"got {state.h.shape} and {x.shape}."
+    )
   dtypes = {jnp.dtype(a.dtype) for a in jax.tree.leaves((params, state, x))}
   if dtypes != {jnp.dtype(jnp.float32)}:
     raise ValueError(f"step_impl='fused' computes in float32; got dtypes {dtypes}.")
@@ -259,8 +276,9 @@ def _check_inputs(config: PlasticityConfig, state: plasticity.RNNState, x: Array
   _register()
 
 
-def _kernel_params(params: plasticity.PlasticParams, config: PlasticityConfig,
-                   size: int) -> tuple[Array, Array, Array]:
+def _kernel_params(
+  params: plasticity.PlasticParams, config: PlasticityConfig, size: int
+) -> tuple[Array, Array, Array]:
   """(eta [], w_mod [H], b_mod []) with zeros where unused."""
   zero = jnp.zeros((), jnp.float32)
   eta = params.eta if params.eta is not None else zero
@@ -271,21 +289,37 @@ def _kernel_params(params: plasticity.PlasticParams, config: PlasticityConfig,
   return eta, w_mod, b_mod
 
 
-def _forward_operands(params: plasticity.PlasticParams, state: plasticity.RNNState,
-                      x: Array, config: PlasticityConfig, clip_value: Array) -> Operands:
+def _forward_operands(
+  params: plasticity.PlasticParams,
+  state: plasticity.RNNState,
+  x: Array,
+  config: PlasticityConfig,
+  clip_value: Array,
+) -> Operands:
   """The forward's operands; E is a [1] placeholder when there is none."""
   eta, w_mod, b_mod = _kernel_params(params, config, state.h.shape[-1])
   elig = state.traces.elig
-  return Operands(x=x, h0=state.h, hebb0=state.traces.hebb,
-                  elig0=jnp.zeros((1,), jnp.float32) if elig is None else elig,
-                  w=params.w, alpha=params.alpha, eta=eta, w_mod=w_mod, b_mod=b_mod,
-                  clip=clip_value)
+  return Operands(
+    x=x,
+    h0=state.h,
+    hebb0=state.traces.hebb,
+    elig0=jnp.zeros((1,), jnp.float32) if elig is None else elig,
+    w=params.w,
+    alpha=params.alpha,
+    eta=eta,
+    w_mod=w_mod,
+    b_mod=b_mod,
+    clip=clip_value,
+  )
 
 
-def rnn_step_fused(params: plasticity.PlasticParams, state: plasticity.RNNState,
-                   x_drive: Array, config: PlasticityConfig,
-                   clip_value: Array | float
-                   ) -> tuple[plasticity.RNNState, tuple[Array, Array]]:
+def rnn_step_fused(
+  params: plasticity.PlasticParams,
+  state: plasticity.RNNState,
+  x_drive: Array,
+  config: PlasticityConfig,
+  clip_value: Array | float,
+) -> tuple[plasticity.RNNState, tuple[Array, Array]]:
   """`jax.vmap(plasticity.rnn_step)` over B episodes: one step, fused kernels.
 
   Args:
@@ -301,16 +335,20 @@ def rnn_step_fused(params: plasticity.PlasticParams, state: plasticity.RNNState,
   """
   clip_value = jnp.asarray(clip_value, jnp.float32)
   _check_inputs(config, state, x_drive, params, clip_value, 2, "rnn_step_fused")
-  h, m, hebb, elig = _fused(config.network, _forward_operands(params, state, x_drive,
-                                                              config, clip_value))
+  h, m, hebb, elig = _fused(
+    config.network, _forward_operands(params, state, x_drive, config, clip_value)
+  )
   traces = plasticity.Traces(hebb=hebb, elig=elig if config.has_eligibility else None)
   return plasticity.RNNState(h=h, traces=traces), (h, m[:, None])
 
 
-def rnn_sequence_fused(params: plasticity.PlasticParams, state: plasticity.RNNState,
-                       x_drives: Array, config: PlasticityConfig,
-                       clip_value: Array | float
-                       ) -> tuple[plasticity.RNNState, tuple[Array, Array]]:
+def rnn_sequence_fused(
+  params: plasticity.PlasticParams,
+  state: plasticity.RNNState,
+  x_drives: Array,
+  config: PlasticityConfig,
+  clip_value: Array | float,
+) -> tuple[plasticity.RNNState, tuple[Array, Array]]:
   """T steps of B episodes in one kernel call per direction.
 
   Equal (to float32 rounding) to scanning `rnn_step_fused` over x_drives,
@@ -333,8 +371,9 @@ def rnn_sequence_fused(params: plasticity.PlasticParams, state: plasticity.RNNSt
   """
   clip_value = jnp.asarray(clip_value, jnp.float32)
   _check_inputs(config, state, x_drives, params, clip_value, 3, "rnn_sequence_fused")
-  h, m, hebb, elig = _fused_sequence(config.network, _forward_operands(
-      params, state, x_drives, config, clip_value))
+  h, m, hebb, elig = _fused_sequence(
+    config.network, _forward_operands(params, state, x_drives, config, clip_value)
+  )
   traces = plasticity.Traces(hebb=hebb, elig=elig if config.has_eligibility else None)
   return plasticity.RNNState(h=h[-1], traces=traces), (h, m[..., None])
 
@@ -343,8 +382,15 @@ def _shape(x: Array) -> jax.ShapeDtypeStruct:
   return jax.ShapeDtypeStruct(x.shape, x.dtype)
 
 
-def _kernel(target: str, network: str, names: tuple[str, ...], operands: Operands,
-            out_shapes, aliases=None, **attrs):
+def _kernel(
+  target: str,
+  network: str,
+  names: tuple[str, ...],
+  operands: Operands,
+  out_shapes,
+  aliases=None,
+  **attrs,
+):
   """Calls an FFI target with the `operands` fields `names` (in Operands order).
 
   Under `jax.vmap` (seeds, sweeps) every operand is broadcast to the same
@@ -359,9 +405,9 @@ def _kernel(target: str, network: str, names: tuple[str, ...], operands: Operand
   if missing:
     raise ValueError(f"{target}: operands {missing} are missing.")
   attrs = {k: np.int64(v) for k, v in attrs.items()}
-  return jax.ffi.ffi_call(target, out_shapes, vmap_method="broadcast_all",
-                          input_output_aliases=aliases)(
-                              *args, network=np.int64(_NETWORK_CODE[network]), **attrs)
+  return jax.ffi.ffi_call(
+    target, out_shapes, vmap_method="broadcast_all", input_output_aliases=aliases
+  )(*args, network=np.int64(_NETWORK_CODE[network]), **attrs)
 
 
 def _zero_unused(network: str, grads: Operands) -> Operands:
@@ -381,14 +427,24 @@ def _sequence_forward(network: str, ops: Operands, save_history: bool):
   steps = ops.x.shape[0]
   retro = network == "retromod"
   history = lambda trace, keep: jax.ShapeDtypeStruct(
-      (steps,) + trace.shape if keep else (1,), trace.dtype)
-  shapes = {"h": _shape(ops.x), "m": jax.ShapeDtypeStruct(ops.x.shape[:2], ops.x.dtype),
-            "hebb": _shape(ops.hebb0), "elig": _shape(ops.elig0),
-            "hebb_hist": history(ops.hebb0, save_history),
-            "elig_hist": history(ops.elig0, save_history and retro)}
-  return _kernel("bpm_plastic_seq_fwd", network, _FWD_OPERANDS, ops,
-                 tuple(shapes[name] for name in _FWD_RESULTS),
-                 save_history=save_history)
+    (steps,) + trace.shape if keep else (1,), trace.dtype
+  )
+  shapes = {
+    "h": _shape(ops.x),
+    "m": jax.ShapeDtypeStruct(ops.x.shape[:2], ops.x.dtype),
+    "hebb": _shape(ops.hebb0),
+    "elig": _shape(ops.elig0),
+    "hebb_hist": history(ops.hebb0, save_history),
+    "elig_hist": history(ops.elig0, save_history and retro),
+  }
+  return _kernel(
+    "bpm_plastic_seq_fwd",
+    network,
+    _FWD_OPERANDS,
+    ops,
+    tuple(shapes[name] for name in _FWD_RESULTS),
+    save_history=save_history,
+  )
 
 
 def _sequence_backward(network: str, ops: Operands) -> Operands:
@@ -396,12 +452,23 @@ def _sequence_backward(network: str, ops: Operands) -> Operands:
 
   ops: the backward's fields (`_BWD_OPERANDS`).
   """
-  shapes = {"g_x": _shape(ops.h), "g_h0": _shape(ops.h0), "g_hebb0": _shape(ops.g_hebb),
-            "g_elig0": _shape(ops.g_elig)}
-  shapes.update({f"g_{f}": _shape(getattr(ops, f))
-                 for f in ("w", "alpha", "eta", "w_mod", "b_mod", "clip")})
-  grads = _kernel("bpm_plastic_seq_bwd", network, _BWD_OPERANDS, ops,
-                  tuple(shapes[name] for name in _BWD_RESULTS), _BWD_ALIASES)
+  shapes = {
+    "g_x": _shape(ops.h),
+    "g_h0": _shape(ops.h0),
+    "g_hebb0": _shape(ops.g_hebb),
+    "g_elig0": _shape(ops.g_elig),
+  }
+  shapes.update(
+    {f"g_{f}": _shape(getattr(ops, f)) for f in ("w", "alpha", "eta", "w_mod", "b_mod", "clip")}
+  )
+  grads = _kernel(
+    "bpm_plastic_seq_bwd",
+    network,
+    _BWD_OPERANDS,
+    ops,
+    tuple(shapes[name] for name in _BWD_RESULTS),
+    _BWD_ALIASES,
+  )
   return _zero_unused(network, Operands(**dict(zip(_FWD_OPERANDS, grads))))
 
 
@@ -416,8 +483,7 @@ def _params_of(ops: Operands) -> dict[str, Array]:
 
 
 def _step_forward(network: str, ops: Operands):
-  h, m, hebb, elig, _, _ = _sequence_forward(network, ops._replace(x=ops.x[None]),
-                                             False)
+  h, m, hebb, elig, _, _ = _sequence_forward(network, ops._replace(x=ops.x[None]), False)
   return h[0], m[0], hebb, elig
 
 
@@ -430,15 +496,22 @@ def _fused_fwd(network, ops):
   outputs = _step_forward(network, ops)
   h, m = outputs[0], outputs[1]
   elig_hist = ops.elig0[None] if network == "retromod" else ops.elig0
-  residuals = Operands(h0=ops.h0, h=h[None], m=m[None], hebb_hist=ops.hebb0[None],
-                       elig_hist=elig_hist, **_params_of(ops))
+  residuals = Operands(
+    h0=ops.h0,
+    h=h[None],
+    m=m[None],
+    hebb_hist=ops.hebb0[None],
+    elig_hist=elig_hist,
+    **_params_of(ops),
+  )
   return outputs, residuals
 
 
 def _fused_bwd(network, residuals, cotangents):
   g_h, g_m, g_hebb, g_elig = cotangents
-  grads = _sequence_backward(network, residuals._replace(
-      g_h=g_h[None], g_m=g_m[None], g_hebb=g_hebb, g_elig=g_elig))
+  grads = _sequence_backward(
+    network, residuals._replace(g_h=g_h[None], g_m=g_m[None], g_hebb=g_hebb, g_elig=g_elig)
+  )
   return (grads._replace(x=grads.x[0]),)
 
 
@@ -452,15 +525,17 @@ def _fused_sequence(network: str, ops: Operands):
 
 def _fused_sequence_fwd(network, ops):
   h, m, hebb, elig, hebb_hist, elig_hist = _sequence_forward(network, ops, True)
-  residuals = Operands(h0=ops.h0, h=h, m=m, hebb_hist=hebb_hist, elig_hist=elig_hist,
-                       **_params_of(ops))
+  residuals = Operands(
+    h0=ops.h0, h=h, m=m, hebb_hist=hebb_hist, elig_hist=elig_hist, **_params_of(ops)
+  )
   return (h, m, hebb, elig), residuals
 
 
 def _fused_sequence_bwd(network, residuals, cotangents):
   g_h, g_m, g_hebb, g_elig = cotangents
-  return (_sequence_backward(network, residuals._replace(
-      g_h=g_h, g_m=g_m, g_hebb=g_hebb, g_elig=g_elig)),)
+  return (
+    _sequence_backward(network, residuals._replace(g_h=g_h, g_m=g_m, g_hebb=g_hebb, g_elig=g_elig)),
+  )
 
 
 _fused_sequence.defvjp(_fused_sequence_fwd, _fused_sequence_bwd)

@@ -45,8 +45,15 @@ import numpy as np
 
 from bpm_jax import plasticity
 from bpm_jax.cells import PlasticLSTMCell, uniform_range
-from bpm_jax.config import (NETWORKS, AlphaKind, Network, PlasticityConfig, _field, check_choice,
-                            check_positive)
+from bpm_jax.config import (
+  NETWORKS,
+  AlphaKind,
+  Network,
+  PlasticityConfig,
+  _field,
+  check_choice,
+  check_positive,
+)
 
 Array = jax.Array
 Carry = tuple[plasticity.LSTMState, ...]
@@ -55,8 +62,15 @@ PAPER_TARGET_PARAMS = 4_800_000  # Backpropamine Table 1, small model.
 PARAM_TOLERANCE = 0.005  # All variants within 0.5% of the target.
 
 # Names of the parameters that exist only because of plasticity / modulation.
-PLASTICITY_PARAM_NAMES = ("alpha", "eta", "mod_kernel", "mod_bias", "fanout_kernel",
-                          "fanout_bias", "plain_eta")
+PLASTICITY_PARAM_NAMES = (
+  "alpha",
+  "eta",
+  "mod_kernel",
+  "mod_bias",
+  "fanout_kernel",
+  "fanout_bias",
+  "plain_eta",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,7 +106,8 @@ class LMConfig:
   dropout_rate: float = _field(0.0, "Dropout (Zaremba small config: none).")
   plastic_gates: bool = _field(False, "Extension: the i, f, o gate paths are plastic too.")
   alpha_kind: AlphaKind = _field(
-      "full", "Shape of alpha: full | per_neuron | single (small model: full).")
+    "full", "Shape of alpha: full | per_neuron | single (small model: full)."
+  )
   eta_init: float = _field(0.01, "Initial eta (plastic: per connection; retromod: of E).")
 
   def __post_init__(self):
@@ -120,11 +135,12 @@ class LMConfig:
     through a trained fan-out (one rate per postsynaptic neuron), scalar eta of E.
     """
     return PlasticityConfig(
-        network=self.network,
-        alpha_kind=self.alpha_kind,
-        rule="clip",
-        fan_out=self.network in ("modplast", "retromod"),
-        eta_kind="full" if self.network == "plastic" else "scalar")
+      network=self.network,
+      alpha_kind=self.alpha_kind,
+      rule="clip",
+      fan_out=self.network in ("modplast", "retromod"),
+      eta_kind="full" if self.network == "plastic" else "scalar",
+    )
 
   def replace(self, **changes) -> "LMConfig":
     return dataclasses.replace(self, **changes)
@@ -145,14 +161,19 @@ class PlasticLSTMLanguageModel(nn.Module):
     cfg = self.config
     carries = []
     for layer in range(cfg.num_layers):
-      cell = PlasticLSTMCell(hidden_size=cfg.hidden_size, config=cfg.plasticity_config(),
-                             plastic_gates=cfg.plastic_gates, parent=None)
+      cell = PlasticLSTMCell(
+        hidden_size=cfg.hidden_size,
+        config=cfg.plasticity_config(),
+        plastic_gates=cfg.plastic_gates,
+        parent=None,
+      )
       carries.append(cell.initialize_carry(None, (batch_size, cfg.hidden_size)))
     return tuple(carries)
 
   @nn.compact
-  def __call__(self, carry: Carry, tokens: Array,
-               deterministic: bool = True) -> tuple[Carry, Array]:
+  def __call__(
+    self, carry: Carry, tokens: Array, deterministic: bool = True
+  ) -> tuple[Carry, Array]:
     """Runs T steps.
 
     Args:
@@ -171,20 +192,29 @@ class PlasticLSTMLanguageModel(nn.Module):
       raise ValueError(f"carry has {len(carry)} layers, the model {cfg.num_layers}.")
     uniform = uniform_range(-cfg.init_scale, cfg.init_scale)
     dropout = nn.Dropout(cfg.dropout_rate, deterministic=deterministic)
-    x = nn.Embed(cfg.vocab_size, cfg.embedding_size, embedding_init=uniform,
-                 name="embed")(tokens)
+    x = nn.Embed(cfg.vocab_size, cfg.embedding_size, embedding_init=uniform, name="embed")(tokens)
     x = dropout(x)
-    scan_cell = nn.scan(PlasticLSTMCell, variable_broadcast="params",
-                        split_rngs={"params": False}, in_axes=1, out_axes=1)
+    scan_cell = nn.scan(
+      PlasticLSTMCell,
+      variable_broadcast="params",
+      split_rngs={"params": False},
+      in_axes=1,
+      out_axes=1,
+    )
     new_carry = []
     for layer in range(cfg.num_layers):
       # One step (sampling, abstract init) calls the cell directly: same
       # parameter tree, much faster to trace than the scan.
       cell_type = PlasticLSTMCell if tokens.shape[1] == 1 else scan_cell
-      cell = cell_type(hidden_size=cfg.hidden_size, config=cfg.plasticity_config(),
-                       clip_value=cfg.clip_value, plastic_gates=cfg.plastic_gates,
-                       init_scale=cfg.init_scale, eta_init=cfg.eta_init,
-                       name=f"lstm_{layer}")
+      cell = cell_type(
+        hidden_size=cfg.hidden_size,
+        config=cfg.plasticity_config(),
+        clip_value=cfg.clip_value,
+        plastic_gates=cfg.plastic_gates,
+        init_scale=cfg.init_scale,
+        eta_init=cfg.eta_init,
+        name=f"lstm_{layer}",
+      )
       if tokens.shape[1] == 1:
         layer_carry, out = cell(carry[layer], x[:, 0])
         x = out[:, None]
@@ -192,8 +222,7 @@ class PlasticLSTMLanguageModel(nn.Module):
         layer_carry, x = cell(carry[layer], x)
       new_carry.append(layer_carry)
       x = dropout(x)
-    logits = nn.Dense(cfg.vocab_size, kernel_init=uniform, bias_init=uniform,
-                      name="softmax")(x)
+    logits = nn.Dense(cfg.vocab_size, kernel_init=uniform, bias_init=uniform, name="softmax")(x)
     return tuple(new_carry), logits
 
 
@@ -251,8 +280,9 @@ def _count_at(base: LMConfig, network: str, hidden_size: int) -> int:
   return count_params(base.replace(network=network, hidden_size=hidden_size))
 
 
-def match_hidden_size(target_params: int, base: LMConfig, network: str,
-                      tolerance: float = PARAM_TOLERANCE) -> int:
+def match_hidden_size(
+  target_params: int, base: LMConfig, network: str, tolerance: float = PARAM_TOLERANCE
+) -> int:
   """Hidden size of `network` whose parameter count is closest to the target.
 
   The count is a quadratic polynomial in H (every weight is at most H x H,
@@ -264,8 +294,11 @@ def match_hidden_size(target_params: int, base: LMConfig, network: str,
     ValueError: no H reaches the target within `tolerance` (relative).
   """
   check_choice("match_hidden_size", "network", network, NETWORKS)
-  if isinstance(target_params, bool) or not isinstance(target_params, (int, np.integer)) \
-      or target_params < 1:
+  if (
+    isinstance(target_params, bool)
+    or not isinstance(target_params, (int, np.integer))
+    or target_params < 1
+  ):
     raise ValueError(f"target_params={target_params!r} must be an integer >= 1.")
   probes = (8, 16, 32)
   counts = [_count_at(base, network, h) for h in probes]
@@ -278,23 +311,29 @@ def match_hidden_size(target_params: int, base: LMConfig, network: str,
   best = min(candidates, key=lambda h: (abs(polynomial(h) - target_params), h))
   got = _count_at(base, network, best)
   if got != polynomial(best):  # The quadratic model must be exact.
-    raise AssertionError(f"parameter count of {network} at H={best} is {got}, "
-                         f"the quadratic fit says {polynomial(best)}.")
+    raise AssertionError(
+      f"parameter count of {network} at H={best} is {got}, "
+      f"the quadratic fit says {polynomial(best)}."
+    )
   error = abs(got - target_params) / target_params
   if error > tolerance:
     raise ValueError(
-        f"match_hidden_size: network={network!r} gets {got} parameters at "
-        f"hidden_size={best}, {100 * error:.2f}% from target_params={target_params} "
-        f"(tolerance {100 * tolerance:.2f}%). One hidden unit costs about "
-        f"{polynomial(best + 1) - got} parameters here; use a larger target or "
-        "tolerance.")
+      f"match_hidden_size: network={network!r} gets {got} parameters at "
+      f"hidden_size={best}, {100 * error:.2f}% from target_params={target_params} "
+      f"(tolerance {100 * tolerance:.2f}%). One hidden unit costs about "
+      f"{polynomial(best + 1) - got} parameters here; use a larger target or "
+      "tolerance."
+    )
   return best
 
 
-def match_hidden_sizes(target_params: int, vocab_size: int,
-                       networks: Sequence[str] = NETWORKS,
-                       tolerance: float = PARAM_TOLERANCE,
-                       **config_fields: Any) -> dict[str, int]:
+def match_hidden_sizes(
+  target_params: int,
+  vocab_size: int,
+  networks: Sequence[str] = NETWORKS,
+  tolerance: float = PARAM_TOLERANCE,
+  **config_fields: Any,
+) -> dict[str, int]:
   """{network: hidden_size} so every variant has ~`target_params` parameters.
 
   Plasticity and modulation parameters are counted (by initialising the model
@@ -305,22 +344,27 @@ def match_hidden_sizes(target_params: int, vocab_size: int,
   `{'rnn': 206, 'plastic': 200, 'modplast': 202, 'retromod': 202}`.
   """
   base = LMConfig(vocab_size=vocab_size, **config_fields)
-  return {network: match_hidden_size(target_params, base, network, tolerance)
-          for network in networks}
+  return {
+    network: match_hidden_size(target_params, base, network, tolerance) for network in networks
+  }
 
 
 def param_report(configs: Sequence[LMConfig], target_params: Optional[int] = None) -> str:
   """A text table of hidden size and parameter counts by group per config."""
-  header = (f"{'network':<10}{'hidden':>7}{'embed':>7}{'total':>11}{'embedding':>11}"
-            f"{'lstm':>10}{'plasticity':>11}{'softmax':>10}")
+  header = (
+    f"{'network':<10}{'hidden':>7}{'embed':>7}{'total':>11}{'embedding':>11}"
+    f"{'lstm':>10}{'plasticity':>11}{'softmax':>10}"
+  )
   if target_params:
     header += f"{'vs target':>11}"
   lines = [header]
   for config in configs:
     counts = param_breakdown(config)
-    line = (f"{config.network:<10}{config.hidden_size:>7}{config.embedding_size:>7}"
-            f"{counts['total']:>11,}{counts['embed']:>11,}{counts['lstm']:>10,}"
-            f"{counts['plasticity']:>11,}{counts['softmax']:>10,}")
+    line = (
+      f"{config.network:<10}{config.hidden_size:>7}{config.embedding_size:>7}"
+      f"{counts['total']:>11,}{counts['embed']:>11,}{counts['lstm']:>10,}"
+      f"{counts['plasticity']:>11,}{counts['softmax']:>10,}"
+    )
     if target_params:
       line += f"{100 * (counts['total'] - target_params) / target_params:>+10.3f}%"
     lines.append(line)

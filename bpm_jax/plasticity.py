@@ -64,8 +64,9 @@ class Traces:
   elig: Optional[Array] = None
 
 
-def init_traces(config: PlasticityConfig, pre_size: int, post_size: int,
-                dtype=jnp.float32) -> Traces:
+def init_traces(
+  config: PlasticityConfig, pre_size: int, post_size: int, dtype=jnp.float32
+) -> Traces:
   """Zero traces for one episode: hebb [H, P], elig [H, P] (where used)."""
   shape = (pre_size, post_size)
   hebb = jnp.zeros(shape, dtype) if config.is_plastic else None
@@ -77,8 +78,9 @@ def init_traces(config: PlasticityConfig, pre_size: int, post_size: int,
 # Forward drive.
 
 
-def plastic_drive(pre: Array, w: Array, alpha: Optional[Array],
-                  hebb: Optional[Array], alpha_kind: str) -> Array:
+def plastic_drive(
+  pre: Array, w: Array, alpha: Optional[Array], hebb: Optional[Array], alpha_kind: str
+) -> Array:
   """`pre @ (W + alpha * Hebb)` without materialising `W + alpha * Hebb`.
 
   Args:
@@ -104,9 +106,9 @@ def plastic_drive(pre: Array, w: Array, alpha: Optional[Array],
 # Neuromodulation (SPEC.md §3).
 
 _MODULATION_FNS = {
-    "tanh": jnp.tanh,
-    "sigmoid": jax.nn.sigmoid,
-    "identity": lambda x: x,
+  "tanh": jnp.tanh,
+  "sigmoid": jax.nn.sigmoid,
+  "identity": lambda x: x,
 }
 
 
@@ -134,8 +136,9 @@ def modulator_groups(num_modulators: int, post_size: int) -> Array:
   return (jnp.arange(post_size) * num_modulators) // post_size
 
 
-def modulation_rate(m: Array, fanout_kernel: Optional[Array],
-                    fanout_bias: Optional[Array], post_size: int) -> Array:
+def modulation_rate(
+  m: Array, fanout_kernel: Optional[Array], fanout_bias: Optional[Array], post_size: int
+) -> Array:
   """The plasticity rate M_t from the modulatory signals m_t.
 
   Args:
@@ -159,8 +162,9 @@ def modulation_rate(m: Array, fanout_kernel: Optional[Array],
 # Trace rules (SPEC.md §2.2, §3.1, §3.2).
 
 
-def apply_trace_rule(hebb: Array, product: Array, rate: Array, rule: str,
-                     clip_value: Array | float) -> Array:
+def apply_trace_rule(
+  hebb: Array, product: Array, rate: Array, rule: str, clip_value: Array | float
+) -> Array:
   """Updates a trace with a product term under `clip`, `decay` or `soft_clip`.
 
   Args:
@@ -182,12 +186,15 @@ def apply_trace_rule(hebb: Array, product: Array, rate: Array, rule: str,
   if rule == "soft_clip":
     soft = hebb + jax.nn.relu(delta) * (1.0 - hebb) - jax.nn.relu(-delta) * (hebb + 1.0)
     return jnp.clip(soft, -1.0, 1.0)
-  raise ValueError(f"apply_trace_rule: rule={rule!r} is not one of "
-                   "'clip', 'decay', 'soft_clip' (use hebbian_update for 'oja').")
+  raise ValueError(
+    f"apply_trace_rule: rule={rule!r} is not one of "
+    "'clip', 'decay', 'soft_clip' (use hebbian_update for 'oja')."
+  )
 
 
-def hebbian_update(hebb: Array, pre: Array, post: Array, rate: Array, rule: str,
-                   clip_value: Array | float) -> Array:
+def hebbian_update(
+  hebb: Array, pre: Array, post: Array, rate: Array, rule: str, clip_value: Array | float
+) -> Array:
   """Hebb_t from Hebb_tm1 with rate r and `d = outer(pre, post)`.
 
   Args:
@@ -217,9 +224,15 @@ def partial_mask(post_size: int) -> Array:
   return (jnp.arange(post_size) < post_size // 2)[None, :]
 
 
-def update_traces(params: PlasticParams, traces: Traces, pre: Array, post: Array,
-                  mod_source: Array, config: PlasticityConfig,
-                  clip_value: Array | float) -> tuple[Traces, Array]:
+def update_traces(
+  params: PlasticParams,
+  traces: Traces,
+  pre: Array,
+  post: Array,
+  mod_source: Array,
+  config: PlasticityConfig,
+  clip_value: Array | float,
+) -> tuple[Traces, Array]:
   """One step of the trace dynamics of any network type.
 
   Args:
@@ -252,8 +265,7 @@ def update_traces(params: PlasticParams, traces: Traces, pre: Array, post: Array
   # retromod: Hebb is consolidated with the OLD eligibility trace, then E moves.
   hebb = apply_trace_rule(traces.hebb, traces.elig, rate, config.rule, clip_value)
   if config.partial_modulation:
-    plain = hebbian_update(traces.hebb, pre, post, params.plain_eta, config.rule,
-                           clip_value)
+    plain = hebbian_update(traces.hebb, pre, post, params.plain_eta, config.rule, clip_value)
     hebb = jnp.where(partial_mask(post.shape[0]), hebb, plain)
   elig = eligibility_update(traces.elig, pre, post, params.eta)
   return Traces(hebb=hebb, elig=elig), m
@@ -276,9 +288,13 @@ class RNNState:
   traces: Traces
 
 
-def rnn_step(params: PlasticParams, state: RNNState, x_drive: Array,
-             config: PlasticityConfig,
-             clip_value: Array | float) -> tuple[RNNState, tuple[Array, Array]]:
+def rnn_step(
+  params: PlasticParams,
+  state: RNNState,
+  x_drive: Array,
+  config: PlasticityConfig,
+  clip_value: Array | float,
+) -> tuple[RNNState, tuple[Array, Array]]:
   """Plastic recurrent step (SPEC.md §2, §3).
 
   h_t = tanh(x_drive + h_tm1 @ (W + alpha * Hebb_tm1)); then the traces.
@@ -294,8 +310,9 @@ def rnn_step(params: PlasticParams, state: RNNState, x_drive: Array,
     (new state, (h_t [H], m_t [K])).
   """
   h_tm1 = state.h
-  h = jnp.tanh(x_drive + plastic_drive(h_tm1, params.w, params.alpha,
-                                       state.traces.hebb, config.alpha_kind))
+  h = jnp.tanh(
+    x_drive + plastic_drive(h_tm1, params.w, params.alpha, state.traces.hebb, config.alpha_kind)
+  )
   traces, m = update_traces(params, state.traces, h_tm1, h, h, config, clip_value)
   return RNNState(h=h, traces=traces), (h, m)
 
@@ -316,9 +333,14 @@ class LSTMState:
   traces: Traces
 
 
-def lstm_step(params: PlasticParams, gate_kernel: Optional[Array],
-              state: LSTMState, x_drive: Array, config: PlasticityConfig,
-              clip_value: Array | float) -> tuple[LSTMState, tuple[Array, Array]]:
+def lstm_step(
+  params: PlasticParams,
+  gate_kernel: Optional[Array],
+  state: LSTMState,
+  x_drive: Array,
+  config: PlasticityConfig,
+  clip_value: Array | float,
+) -> tuple[LSTMState, tuple[Array, Array]]:
   """Plastic LSTM step (SPEC.md §4).
 
   Gate order in `x_drive` and in the plastic path: [i, f, o, g].
@@ -344,14 +366,13 @@ def lstm_step(params: PlasticParams, gate_kernel: Optional[Array],
   """
   hidden = state.h.shape[0]
   h_tm1 = state.h
-  rec = plastic_drive(h_tm1, params.w, params.alpha, state.traces.hebb,
-                      config.alpha_kind)
+  rec = plastic_drive(h_tm1, params.w, params.alpha, state.traces.hebb, config.alpha_kind)
   if gate_kernel is not None:
     rec = jnp.concatenate([h_tm1 @ gate_kernel, rec])
   pre_act = x_drive + rec
-  gates = jax.nn.sigmoid(pre_act[:3 * hidden])
-  g = jnp.tanh(pre_act[3 * hidden:])
-  i, f, o = gates[:hidden], gates[hidden:2 * hidden], gates[2 * hidden:]
+  gates = jax.nn.sigmoid(pre_act[: 3 * hidden])
+  g = jnp.tanh(pre_act[3 * hidden :])
+  i, f, o = gates[:hidden], gates[hidden : 2 * hidden], gates[2 * hidden :]
   c = f * state.c + i * g
   h = o * jnp.tanh(c)
   post = g if gate_kernel is not None else jnp.concatenate([gates, g])

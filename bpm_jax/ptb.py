@@ -35,13 +35,14 @@ EOS = "<eos>"
 SPLITS: tuple[str, ...] = ("train", "valid", "test")
 
 WHERE_TO_GET_PTB = (
-    "Penn Treebank (Mikolov's 10k-word version) is in the `data/` folder of "
-    "http://www.fit.vutbr.cz/~imikolov/rnnlm/simple-examples.tgz "
-    "(files ptb.train.txt, ptb.valid.txt, ptb.test.txt), and in the "
-    "`data/ptb` or `data/penn` folder of common repositories (e.g. "
-    "tensorflow/models tutorials, salesforce/awd-lstm-lm getdata.sh: "
-    "train.txt, valid.txt, test.txt). Either naming scheme, gzipped (.gz) "
-    "or not, is accepted.")
+  "Penn Treebank (Mikolov's 10k-word version) is in the `data/` folder of "
+  "http://www.fit.vutbr.cz/~imikolov/rnnlm/simple-examples.tgz "
+  "(files ptb.train.txt, ptb.valid.txt, ptb.test.txt), and in the "
+  "`data/ptb` or `data/penn` folder of common repositories (e.g. "
+  "tensorflow/models tutorials, salesforce/awd-lstm-lm getdata.sh: "
+  "train.txt, valid.txt, test.txt). Either naming scheme, gzipped (.gz) "
+  "or not, is accepted."
+)
 
 
 def split_file_names(split: str) -> tuple[str, ...]:
@@ -68,14 +69,16 @@ def find_split_files(data_dir: PathLike) -> dict[str, str]:
   """
   if data_dir is None or str(data_dir) == "":
     raise FileNotFoundError(
-        "No PTB data directory given. Expected a directory with "
-        f"{_expected_files_text()}. {WHERE_TO_GET_PTB}")
+      "No PTB data directory given. Expected a directory with "
+      f"{_expected_files_text()}. {WHERE_TO_GET_PTB}"
+    )
   data_dir = os.fspath(data_dir)
   if not os.path.isdir(data_dir):
     raise FileNotFoundError(
-        f"PTB data directory {data_dir!r} does not exist (or is not a "
-        f"directory). Expected a directory with {_expected_files_text()}. "
-        f"{WHERE_TO_GET_PTB}")
+      f"PTB data directory {data_dir!r} does not exist (or is not a "
+      f"directory). Expected a directory with {_expected_files_text()}. "
+      f"{WHERE_TO_GET_PTB}"
+    )
   files = {}
   missing = []
   for split in SPLITS:
@@ -89,8 +92,9 @@ def find_split_files(data_dir: PathLike) -> dict[str, str]:
   if missing:
     present = sorted(os.listdir(data_dir))[:20]
     raise FileNotFoundError(
-        f"PTB data directory {data_dir!r} lacks the split(s): {'; '.join(missing)}. "
-        f"It contains: {present or 'nothing'}. {WHERE_TO_GET_PTB}")
+      f"PTB data directory {data_dir!r} lacks the split(s): {'; '.join(missing)}. "
+      f"It contains: {present or 'nothing'}. {WHERE_TO_GET_PTB}"
+    )
   return files
 
 
@@ -106,12 +110,16 @@ def read_words(path: PathLike) -> list[str]:
     with opener(path, "rt", encoding="utf-8") as f:
       text = f.read()
   except (OSError, UnicodeDecodeError, EOFError) as e:
-    raise ValueError(f"Cannot read PTB file {path!r} ({type(e).__name__}: {e}); "
-                     "expected a UTF-8 text file, gzipped when named *.gz. "
-                     f"{WHERE_TO_GET_PTB}") from e
+    raise ValueError(
+      f"Cannot read PTB file {path!r} ({type(e).__name__}: {e}); "
+      "expected a UTF-8 text file, gzipped when named *.gz. "
+      f"{WHERE_TO_GET_PTB}"
+    ) from e
   if not text.strip():
-    raise ValueError(f"PTB file {path!r} is empty; expected one sentence per "
-                     f"line of whitespace-separated words. {WHERE_TO_GET_PTB}")
+    raise ValueError(
+      f"PTB file {path!r} is empty; expected one sentence per "
+      f"line of whitespace-separated words. {WHERE_TO_GET_PTB}"
+    )
   words = []
   for line in text.splitlines():
     words.extend(line.split())
@@ -125,17 +133,19 @@ def build_vocab(words: Sequence[str]) -> tuple[str, ...]:
   return tuple(w for w, _ in sorted(counts.items(), key=lambda wc: (-wc[1], wc[0])))
 
 
-def words_to_ids(words: Sequence[str], word_to_id: dict[str, int],
-                 name: str = "words") -> np.ndarray:
+def words_to_ids(
+  words: Sequence[str], word_to_id: dict[str, int], name: str = "words"
+) -> np.ndarray:
   """[N] int32 ids; ValueError listing (some of) the words not in the vocabulary."""
   unknown = collections.Counter(w for w in words if w not in word_to_id)
   if unknown:
     examples = ", ".join(repr(w) for w, _ in unknown.most_common(10))
     raise ValueError(
-        f"{name}: {sum(unknown.values())} token(s) of {len(unknown)} word type(s) "
-        f"are not in the training vocabulary, e.g. {examples}. PTB's valid/test "
-        "splits use only training words (rare words are already `<unk>`); check "
-        f"that the three files belong together. {WHERE_TO_GET_PTB}")
+      f"{name}: {sum(unknown.values())} token(s) of {len(unknown)} word type(s) "
+      f"are not in the training vocabulary, e.g. {examples}. PTB's valid/test "
+      "splits use only training words (rare words are already `<unk>`); check "
+      f"that the three files belong together. {WHERE_TO_GET_PTB}"
+    )
   return np.fromiter((word_to_id[w] for w in words), dtype=np.int32, count=len(words))
 
 
@@ -178,8 +188,10 @@ def load_corpus(data_dir: PathLike) -> Corpus:
   words = {split: read_words(path) for split, path in files.items()}
   vocab = build_vocab(words["train"])
   word_to_id = {w: i for i, w in enumerate(vocab)}
-  ids = {split: words_to_ids(words[split], word_to_id, f"PTB {split} ({files[split]})")
-         for split in SPLITS}
+  ids = {
+    split: words_to_ids(words[split], word_to_id, f"PTB {split} ({files[split]})")
+    for split in SPLITS
+  }
   return Corpus(vocab=vocab, files=files, **ids)
 
 
@@ -201,15 +213,18 @@ def batchify(ids: np.ndarray, batch_size: int) -> np.ndarray:
   ids = np.asarray(ids)
   if ids.ndim != 1:
     raise ValueError(f"batchify expects a 1-D token stream, got shape {ids.shape}.")
-  if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
-      or batch_size < 1:
+  if (
+    isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1
+  ):
     raise ValueError(f"batch_size={batch_size!r} must be an integer >= 1.")
   length = ids.shape[0] // batch_size
   if length < 2:
-    raise ValueError(f"A stream of {ids.shape[0]} tokens is too short for "
-                     f"batch_size={batch_size}: each of the {batch_size} streams "
-                     "needs at least 2 tokens (an input and its target).")
-  return ids[:batch_size * length].reshape(batch_size, length)
+    raise ValueError(
+      f"A stream of {ids.shape[0]} tokens is too short for "
+      f"batch_size={batch_size}: each of the {batch_size} streams "
+      "needs at least 2 tokens (an input and its target)."
+    )
+  return ids[: batch_size * length].reshape(batch_size, length)
 
 
 def num_minibatches(stream_length: int, unroll: int) -> int:
@@ -236,16 +251,19 @@ def minibatch_arrays(streams: np.ndarray, unroll: int) -> tuple[np.ndarray, np.n
   batch, length = streams.shape
   count = num_minibatches(length, unroll)
   if count < 1:
-    raise ValueError(f"Streams of length {length} are too short for unroll={unroll}: "
-                     f"need at least {unroll + 1} tokens per stream.")
+    raise ValueError(
+      f"Streams of length {length} are too short for unroll={unroll}: "
+      f"need at least {unroll + 1} tokens per stream."
+    )
   used = count * unroll
   inputs = streams[:, :used].reshape(batch, count, unroll).transpose(1, 0, 2)
-  targets = streams[:, 1:used + 1].reshape(batch, count, unroll).transpose(1, 0, 2)
+  targets = streams[:, 1 : used + 1].reshape(batch, count, unroll).transpose(1, 0, 2)
   return np.ascontiguousarray(inputs), np.ascontiguousarray(targets)
 
 
-def iterate_minibatches(streams: np.ndarray,
-                        unroll: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def iterate_minibatches(
+  streams: np.ndarray, unroll: int
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
   """Yields (inputs [B, T], targets [B, T]) in order, M times."""
   inputs, targets = minibatch_arrays(streams, unroll)
   for m in range(inputs.shape[0]):

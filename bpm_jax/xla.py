@@ -31,15 +31,13 @@ _KEEP_YNN_ENV = "BPM_JAX_YNN_FUSION"
 def _ynn_option_supported() -> bool:
   """Whether this jaxlib's XLA knows the YNN fusion option (it errors if not)."""
   try:
-    jax.jit(jnp.sin, compiler_options={YNN_FUSION_OPTION: ""}).lower(
-        jnp.float32(0)).compile()
+    jax.jit(jnp.sin, compiler_options={YNN_FUSION_OPTION: ""}).lower(jnp.float32(0)).compile()
   except Exception:  # pylint: disable=broad-except  # Unknown option: older XLA.
     return False
   return True
 
 
-def compiler_options(backend: Optional[str] = None,
-                     **extra: Any) -> dict[str, Any]:
+def compiler_options(backend: Optional[str] = None, **extra: Any) -> dict[str, Any]:
   """XLA options for `jax.jit(..., compiler_options=...)` on `backend`.
 
   Args:
@@ -52,8 +50,7 @@ def compiler_options(backend: Optional[str] = None,
   """
   backend = backend or jax.default_backend()
   options: dict[str, Any] = {}
-  if (backend == "cpu" and os.environ.get(_KEEP_YNN_ENV, "0") != "1"
-      and _ynn_option_supported()):
+  if backend == "cpu" and os.environ.get(_KEEP_YNN_ENV, "0") != "1" and _ynn_option_supported():
     options[YNN_FUSION_OPTION] = ""
   options.update(extra)
   return options

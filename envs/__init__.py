@@ -17,12 +17,12 @@ from envs.grid_maze import GridMaze
 from envs.registry import make, registered_envs
 
 __all__ = [
-    "CueReward",
-    "CueRewardParams",
-    "CueRewardState",
-    "GridMaze",
-    "GridMazeParams",
-    "GridMazeState",
-    "make",
-    "registered_envs",
+  "CueReward",
+  "CueRewardParams",
+  "CueRewardState",
+  "GridMaze",
+  "GridMazeParams",
+  "GridMazeState",
+  "make",
+  "registered_envs",
 ]

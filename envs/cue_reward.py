@@ -83,15 +83,15 @@ class CueReward(environment.Environment[EnvState, EnvParams]):
     _check_int("cue_bits", cue_bits, 1, "use cue_bits >= 1 (the papers use 20)")
     if fixed_cues and cue_bits < n_cues:
       raise ValueError(
-          f"cue_bits={cue_bits} is too small for fixed_cues=True with "
-          f"n_cues={n_cues}: one-hot cues need cue_bits >= n_cues; "
-          f"use cue_bits={n_cues}."
+        f"cue_bits={cue_bits} is too small for fixed_cues=True with "
+        f"n_cues={n_cues}: one-hot cues need cue_bits >= n_cues; "
+        f"use cue_bits={n_cues}."
       )
     if not fixed_cues and 2**cue_bits < n_cues:
       raise ValueError(
-          f"cue_bits={cue_bits} is too small for n_cues={n_cues} distinct "
-          f"cues (2**cue_bits = {2**cue_bits} < {n_cues}); use "
-          f"cue_bits >= {int(np.ceil(np.log2(n_cues)))}."
+        f"cue_bits={cue_bits} is too small for n_cues={n_cues} distinct "
+        f"cues (2**cue_bits = {2**cue_bits} < {n_cues}); use "
+        f"cue_bits >= {int(np.ceil(np.log2(n_cues)))}."
       )
     self.n_cues = n_cues
     self.cue_bits = cue_bits
@@ -125,25 +125,25 @@ class CueReward(environment.Environment[EnvState, EnvParams]):
     target = _uniform_index(u[0], self.n_cues)
     schedule, trial_cues, trial_length = trial_from_uniform(u[1:], self.n_cues)
     state = EnvState(
-        time=jnp.int32(0),
-        cues=cues,
-        target=target,
-        schedule=schedule,
-        trial_cues=trial_cues,
-        trial_length=trial_length,
-        trial_step=jnp.int32(0),
-        trial_index=jnp.int32(0),
-        prev_action=jnp.int32(-1),
-        prev_reward=jnp.float32(0.0),
+      time=jnp.int32(0),
+      cues=cues,
+      target=target,
+      schedule=schedule,
+      trial_cues=trial_cues,
+      trial_length=trial_length,
+      trial_step=jnp.int32(0),
+      trial_index=jnp.int32(0),
+      prev_action=jnp.int32(-1),
+      prev_reward=jnp.float32(0.0),
     )
     return self.get_obs(state, params), state
 
   def step_env(
-      self,
-      key: jax.Array,
-      state: EnvState,
-      action: int | jax.Array,
-      params: EnvParams,
+    self,
+    key: jax.Array,
+    state: EnvState,
+    action: int | jax.Array,
+    params: EnvParams,
   ) -> tuple[jax.Array, EnvState, jax.Array, jax.Array, dict[str, Any]]:
     """Judges `action` if this step is the Go step, then advances one step.
 
@@ -165,26 +165,26 @@ class CueReward(environment.Environment[EnvState, EnvParams]):
     new_trial = self._sample_trial(key)
     old_trial = (state.schedule, state.trial_cues, state.trial_length)
     schedule, trial_cues, trial_length = jax.tree.map(
-        lambda new, old: jnp.where(trial_over, new, old), new_trial, old_trial
+      lambda new, old: jnp.where(trial_over, new, old), new_trial, old_trial
     )
     next_state = state.replace(
-        time=state.time + 1,
-        schedule=schedule,
-        trial_cues=trial_cues,
-        trial_length=trial_length,
-        trial_step=jnp.where(trial_over, 0, next_step).astype(jnp.int32),
-        trial_index=state.trial_index + trial_over.astype(jnp.int32),
-        prev_action=action,
-        prev_reward=reward,
+      time=state.time + 1,
+      schedule=schedule,
+      trial_cues=trial_cues,
+      trial_length=trial_length,
+      trial_step=jnp.where(trial_over, 0, next_step).astype(jnp.int32),
+      trial_index=state.trial_index + trial_over.astype(jnp.int32),
+      prev_action=action,
+      prev_reward=reward,
     )
     info = {
-        "is_go": is_go,
-        "target_present": target_present,
-        "trial_index": state.trial_index,
-        "trial_step": state.trial_step,
+      "is_go": is_go,
+      "target_present": target_present,
+      "trial_index": state.trial_index,
+      "trial_step": state.trial_step,
     }
     obs, next_state = jax.tree.map(
-        jax.lax.stop_gradient, (self.get_obs(next_state, params), next_state)
+      jax.lax.stop_gradient, (self.get_obs(next_state, params), next_state)
     )
     return obs, next_state, reward, jnp.array(False), info
 
@@ -196,7 +196,7 @@ class CueReward(environment.Environment[EnvState, EnvParams]):
     cue = jnp.where(stimulus >= 0, state.cues[jnp.maximum(stimulus, 0)], 0.0)
     time_frac = state.time / params.max_steps_in_episode
     scalars = jnp.stack(
-        [(stimulus == GO).astype(jnp.float32), 1.0, time_frac, state.prev_reward, 0.0]
+      [(stimulus == GO).astype(jnp.float32), 1.0, time_frac, state.prev_reward, 0.0]
     )
     prev_action = jax.nn.one_hot(state.prev_action, NUM_ACTIONS)
     return jnp.concatenate([cue, scalars, prev_action]).astype(jnp.float32)
@@ -232,13 +232,11 @@ class CueReward(environment.Environment[EnvState, EnvParams]):
     scalars_low = jnp.stack([0.0, 1.0, 0.0, -max_abs_reward, 0.0])
     scalars_high = jnp.stack([1.0, 1.0, 1.0, params.reward, 0.0])
     low = jnp.concatenate(
-        [jnp.full((self.cue_bits,), cue_low), scalars_low, jnp.zeros(NUM_ACTIONS)]
+      [jnp.full((self.cue_bits,), cue_low), scalars_low, jnp.zeros(NUM_ACTIONS)]
     )
-    high = jnp.concatenate(
-        [jnp.ones((self.cue_bits,)), scalars_high, jnp.ones(NUM_ACTIONS)]
-    )
+    high = jnp.concatenate([jnp.ones((self.cue_bits,)), scalars_high, jnp.ones(NUM_ACTIONS)])
     return spaces.Box(
-        low.astype(jnp.float32), high.astype(jnp.float32), (self.obs_size,), jnp.float32
+      low.astype(jnp.float32), high.astype(jnp.float32), (self.obs_size,), jnp.float32
     )
 
 
@@ -332,9 +330,9 @@ def trial_from_uniform(u: jax.Array, n_cues: int) -> tuple[jax.Array, jax.Array,
   middle = middle[_argsort(sort_keys)]
   position = jnp.arange(n_middle_max + 3)
   schedule = jnp.where(
-      (position >= 1) & (position <= n_middle),
-      middle[jnp.clip(position - 1, 0, n_middle_max - 1)],
-      jnp.where(position == n_middle + 1, GO, EMPTY),
+    (position >= 1) & (position <= n_middle),
+    middle[jnp.clip(position - 1, 0, n_middle_max - 1)],
+    jnp.where(position == n_middle + 1, GO, EMPTY),
   )
   return schedule.astype(jnp.int32), trial_cues, length
 
@@ -387,8 +385,8 @@ def validate_params(params: EnvParams) -> EnvParams:
     value = np.asarray(getattr(params, field))
     if not np.all(np.isfinite(value)) or np.any(value < 0):
       raise ValueError(
-          f"{field} must be finite and >= 0, got {value!r}; rewards and "
-          "penalties are magnitudes (the sign is applied by the task)."
+        f"{field} must be finite and >= 0, got {value!r}; rewards and "
+        "penalties are magnitudes (the sign is applied by the task)."
       )
   return params
 
@@ -402,6 +400,6 @@ def _check_positive_length(value: Any) -> None:
   array = np.asarray(value)
   if not np.issubdtype(array.dtype, np.integer) or np.any(array < 1):
     raise ValueError(
-        f"max_steps_in_episode must be a positive integer, got {value!r}; "
-        "use e.g. max_steps_in_episode=120."
+      f"max_steps_in_episode must be a positive integer, got {value!r}; "
+      "use e.g. max_steps_in_episode=120."
     )

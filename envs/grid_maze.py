@@ -77,14 +77,14 @@ class GridMaze(environment.Environment[EnvState, EnvParams]):
   def __init__(self, maze_size: int = 9):
     super().__init__()
     if (
-        isinstance(maze_size, bool)
-        or not isinstance(maze_size, (int, np.integer))
-        or maze_size < 5
-        or maze_size % 2 == 0
+      isinstance(maze_size, bool)
+      or not isinstance(maze_size, (int, np.integer))
+      or maze_size < 5
+      or maze_size % 2 == 0
     ):
       raise ValueError(
-          f"maze_size must be an odd integer >= 5, got {maze_size!r}; "
-          "use e.g. maze_size=9 (papers) or 13 (reference README)."
+        f"maze_size must be an odd integer >= 5, got {maze_size!r}; "
+        "use e.g. maze_size=9 (papers) or 13 (reference README)."
       )
     self.maze_size = int(maze_size)
     self.centre = np.array([maze_size // 2, maze_size // 2], dtype=np.int32)
@@ -105,20 +105,20 @@ class GridMaze(environment.Environment[EnvState, EnvParams]):
     """Draws the reward cell; the agent starts at the centre. Obs `[17]`."""
     index = _random_index(key, len(self.reward_cells))
     state = EnvState(
-        time=jnp.int32(0),
-        pos=jnp.asarray(self.centre),
-        reward_pos=jnp.asarray(self.reward_cells)[index],
-        prev_action=jnp.int32(-1),
-        prev_reward=jnp.float32(0.0),
+      time=jnp.int32(0),
+      pos=jnp.asarray(self.centre),
+      reward_pos=jnp.asarray(self.reward_cells)[index],
+      prev_action=jnp.int32(-1),
+      prev_reward=jnp.float32(0.0),
     )
     return self.get_obs(state, params), state
 
   def step_env(
-      self,
-      key: jax.Array,
-      state: EnvState,
-      action: int | jax.Array,
-      params: EnvParams,
+    self,
+    key: jax.Array,
+    state: EnvState,
+    action: int | jax.Array,
+    params: EnvParams,
   ) -> tuple[jax.Array, EnvState, jax.Array, jax.Array, dict[str, Any]]:
     """Moves the agent one cell (or not, into a wall); teleports on reward.
 
@@ -131,16 +131,12 @@ class GridMaze(environment.Environment[EnvState, EnvParams]):
     moved = jnp.where(hit_wall, state.pos, target)
     reached = jnp.all(moved == state.reward_pos)
     pos = jnp.where(reached, self._sample_teleport(key, state.reward_pos), moved)
-    reward = jnp.where(reached, params.reward, 0.0) - jnp.where(
-        hit_wall, params.wall_penalty, 0.0
-    )
+    reward = jnp.where(reached, params.reward, 0.0) - jnp.where(hit_wall, params.wall_penalty, 0.0)
     reward = jnp.asarray(reward, jnp.float32)
-    next_state = state.replace(
-        time=state.time + 1, pos=pos, prev_action=action, prev_reward=reward
-    )
+    next_state = state.replace(time=state.time + 1, pos=pos, prev_action=action, prev_reward=reward)
     info = {"hit_wall": hit_wall, "reached_reward": reached}
     obs, next_state = jax.tree.map(
-        jax.lax.stop_gradient, (self.get_obs(next_state, params), next_state)
+      jax.lax.stop_gradient, (self.get_obs(next_state, params), next_state)
     )
     return obs, next_state, reward, jnp.array(False), info
 
@@ -187,9 +183,7 @@ class GridMaze(environment.Environment[EnvState, EnvParams]):
     scalars_high = jnp.stack([0.0, 1.0, 1.0, params.reward])
     low = jnp.concatenate([jnp.zeros(9), scalars_low, jnp.zeros(NUM_ACTIONS)])
     high = jnp.concatenate([jnp.ones(9), scalars_high, jnp.ones(NUM_ACTIONS)])
-    return spaces.Box(
-        low.astype(jnp.float32), high.astype(jnp.float32), (OBS_SIZE,), jnp.float32
-    )
+    return spaces.Box(low.astype(jnp.float32), high.astype(jnp.float32), (OBS_SIZE,), jnp.float32)
 
 
 def _random_index(key: jax.Array, n: int) -> jax.Array:
@@ -211,14 +205,14 @@ def validate_params(params: EnvParams) -> EnvParams:
   length = np.asarray(params.max_steps_in_episode)
   if not np.issubdtype(length.dtype, np.integer) or np.any(length < 1):
     raise ValueError(
-        f"max_steps_in_episode must be a positive integer, got "
-        f"{params.max_steps_in_episode!r}; use e.g. max_steps_in_episode=200."
+      f"max_steps_in_episode must be a positive integer, got "
+      f"{params.max_steps_in_episode!r}; use e.g. max_steps_in_episode=200."
     )
   for field in ("reward", "wall_penalty"):
     value = np.asarray(getattr(params, field))
     if not np.all(np.isfinite(value)) or np.any(value < 0):
       raise ValueError(
-          f"{field} must be finite and >= 0, got {value!r}; rewards and "
-          "penalties are magnitudes (the sign is applied by the task)."
+        f"{field} must be finite and >= 0, got {value!r}; rewards and "
+        "penalties are magnitudes (the sign is applied by the task)."
       )
   return params

@@ -34,11 +34,9 @@ class EnvSpec:
 
 
 _SPECS: dict[str, EnvSpec] = {
-    "CueReward-v0": EnvSpec(CueReward),
-    "CueRewardFixedCues-v0": EnvSpec(
-        CueReward, {"n_cues": 4, "cue_bits": 4, "fixed_cues": True}
-    ),
-    "GridMaze-v0": EnvSpec(GridMaze),
+  "CueReward-v0": EnvSpec(CueReward),
+  "CueRewardFixedCues-v0": EnvSpec(CueReward, {"n_cues": 4, "cue_bits": 4, "fixed_cues": True}),
+  "GridMaze-v0": EnvSpec(GridMaze),
 }
 
 registered_envs: tuple[str, ...] = tuple(_SPECS)
@@ -69,9 +67,9 @@ def make(env_id: str, **kwargs: Any) -> tuple[environment.Environment, Any]:
   unknown = sorted(set(kwargs) - set(constructor_args) - set(param_fields))
   if unknown:
     raise ValueError(
-        f"Unknown keyword(s) {unknown} for {env_id!r}; constructor arguments: "
-        f"{constructor_args}; EnvParams fields: {param_fields}"
-        + (f"; fixed by this id: {spec.fixed_kwargs}." if spec.fixed_kwargs else ".")
+      f"Unknown keyword(s) {unknown} for {env_id!r}; constructor arguments: "
+      f"{constructor_args}; EnvParams fields: {param_fields}"
+      + (f"; fixed by this id: {spec.fixed_kwargs}." if spec.fixed_kwargs else ".")
     )
   param_kwargs = {k: v for k, v in kwargs.items() if k in param_fields}
   params = env.default_params.replace(**param_kwargs)

@@ -32,13 +32,13 @@ def _new_figure(**kwargs: Any) -> Figure:
 
 
 def draw_maze(
-    ax: Axes,
-    env: GridMaze,
-    state: Any = None,
-    *,
-    pos: Any = None,
-    reward_pos: Any = None,
-    path: Any = None,
+  ax: Axes,
+  env: GridMaze,
+  state: Any = None,
+  *,
+  pos: Any = None,
+  reward_pos: Any = None,
+  path: Any = None,
 ) -> Axes:
   """Draws walls, the reward cell (star), the agent (circle) and its path.
 
@@ -67,9 +67,7 @@ def draw_maze(
   return ax
 
 
-def _maze_trajectory(
-    states_or_positions: Any, reward_pos: Any
-) -> tuple[np.ndarray, np.ndarray]:
+def _maze_trajectory(states_or_positions: Any, reward_pos: Any) -> tuple[np.ndarray, np.ndarray]:
   """Returns positions `[T, 2]` and reward cells `[T, 2]` as NumPy arrays."""
   items = states_or_positions
   if isinstance(items, Sequence) and len(items) > 0 and hasattr(items[0], "pos"):
@@ -88,12 +86,12 @@ def _maze_trajectory(
 
 
 def save_maze_gif(
-    env: GridMaze,
-    states_or_positions: Any,
-    path: str | os.PathLike,
-    *,
-    reward_pos: Any = None,
-    fps: int = 5,
+  env: GridMaze,
+  states_or_positions: Any,
+  path: str | os.PathLike,
+  *,
+  reward_pos: Any = None,
+  fps: int = 5,
 ) -> str:
   """Writes an animated GIF of a grid-maze episode; returns `path`.
 
@@ -115,9 +113,7 @@ def save_maze_gif(
     # The trail restarts after a teleport (a jump of more than one cell).
     jumps = np.nonzero(np.abs(np.diff(positions[: t + 1], axis=0)).sum(axis=1) > 1)[0]
     start = jumps[-1] + 1 if len(jumps) else 0
-    draw_maze(
-        ax, env, pos=positions[t], reward_pos=reward_cells[t], path=positions[start : t + 1]
-    )
+    draw_maze(ax, env, pos=positions[t], reward_pos=reward_cells[t], path=positions[start : t + 1])
     ax.set_title(f"t = {t}", fontsize=9)
     return []
 
@@ -127,11 +123,11 @@ def save_maze_gif(
 
 
 def plot_cue_reward_episode(
-    env: CueReward,
-    states: Any,
-    actions: Any,
-    rewards: Any,
-    path: str | os.PathLike | None = None,
+  env: CueReward,
+  states: Any,
+  actions: Any,
+  rewards: Any,
+  path: str | os.PathLike | None = None,
 ) -> Figure:
   """Plots a cue-reward episode: cues per step, Go steps, responses, rewards.
 
@@ -161,7 +157,7 @@ def plot_cue_reward_episode(
   other = shown & ~is_target
   ax_cues.scatter(steps[other], stimulus[other], marker="s", c="tab:blue", label="cue")
   ax_cues.scatter(
-      steps[is_target], stimulus[is_target], marker="s", c="tab:orange", label="target cue"
+    steps[is_target], stimulus[is_target], marker="s", c="tab:orange", label="target cue"
   )
   go = stimulus == GO
   ax_cues.scatter(steps[go], np.full(go.sum(), env.n_cues), marker="v", c="k", label="Go")

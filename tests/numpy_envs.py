@@ -22,13 +22,13 @@ class NumpyCueReward:
   """
 
   def __init__(
-      self,
-      cues: np.ndarray,
-      target: int,
-      trial_middles: Sequence[Sequence[int | None]],
-      episode_length: int,
-      reward: float = 1.0,
-      action_penalty: float = 0.0,
+    self,
+    cues: np.ndarray,
+    target: int,
+    trial_middles: Sequence[Sequence[int | None]],
+    episode_length: int,
+    reward: float = 1.0,
+    action_penalty: float = 0.0,
   ):
     self.cues = np.asarray(cues, dtype=np.float64)
     self.n_cues, self.cue_bits = self.cues.shape
@@ -88,13 +88,13 @@ class NumpyGridMaze:
   MOVES = {0: (-1, 0), 1: (1, 0), 2: (0, -1), 3: (0, 1)}  # up, down, left, right
 
   def __init__(
-      self,
-      maze_size: int,
-      reward_cell: tuple[int, int],
-      teleports: Sequence[tuple[int, int]],
-      episode_length: int,
-      reward: float = 10.0,
-      wall_penalty: float = 0.0,
+    self,
+    maze_size: int,
+    reward_cell: tuple[int, int],
+    teleports: Sequence[tuple[int, int]],
+    episode_length: int,
+    reward: float = 10.0,
+    wall_penalty: float = 0.0,
   ):
     n = maze_size
     self.walls = np.zeros((n, n), dtype=bool)
@@ -117,9 +117,7 @@ class NumpyGridMaze:
 
   def observation(self) -> np.ndarray:
     r, c = self.pos
-    neighbourhood = [
-        float(self.walls[r + dr, c + dc]) for dr in (-1, 0, 1) for dc in (-1, 0, 1)
-    ]
+    neighbourhood = [float(self.walls[r + dr, c + dc]) for dr in (-1, 0, 1) for dc in (-1, 0, 1)]
     prev_action = np.zeros(4)
     if self.prev_action is not None:
       prev_action[self.prev_action] = 1.0

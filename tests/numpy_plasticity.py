@@ -58,10 +58,12 @@ def drive(p, cfg, pre, hebb):
 def modulators(p, cfg, h):
   """m_k = f(sum_i h_i Wmod_ik + b_k)."""
   wm, bm = np.asarray(p["mod_kernel"]), np.asarray(p["mod_bias"])
-  return np.array([
+  return np.array(
+    [
       _f(cfg["modulation_fn"], sum(h[i] * wm[i, k] for i in range(len(h))) + bm[k])
       for k in range(wm.shape[1])
-  ])
+    ]
+  )
 
 
 def rate_of(p, cfg, m, j, n_post):
@@ -105,19 +107,20 @@ def traces_step(p, cfg, hebb, elig, pre, post, h_new, c):
       modulated = (not cfg["partial_modulation"]) or j < n_post // 2
       prod = pre[i] * post[j]
       if net == "plastic":
-        new_hebb[i, j] = rule_update(cfg["rule"], hebb[i, j], _eta(p, "eta", i, j),
-                                     pre[i], post[j], prod, c)
+        new_hebb[i, j] = rule_update(
+          cfg["rule"], hebb[i, j], _eta(p, "eta", i, j), pre[i], post[j], prod, c
+        )
       elif net == "modplast":
         r = rate_of(p, cfg, m, j, n_post) if modulated else float(p["plain_eta"])
         new_hebb[i, j] = rule_update(cfg["rule"], hebb[i, j], r, pre[i], post[j], prod, c)
       else:  # retromod: Hebb with the OLD eligibility trace, then E.
         if modulated:
           r = rate_of(p, cfg, m, j, n_post)
-          new_hebb[i, j] = rule_update(cfg["rule"], hebb[i, j], r, pre[i], post[j],
-                                       elig[i, j], c)
+          new_hebb[i, j] = rule_update(cfg["rule"], hebb[i, j], r, pre[i], post[j], elig[i, j], c)
         else:
-          new_hebb[i, j] = rule_update(cfg["rule"], hebb[i, j], float(p["plain_eta"]),
-                                       pre[i], post[j], prod, c)
+          new_hebb[i, j] = rule_update(
+            cfg["rule"], hebb[i, j], float(p["plain_eta"]), pre[i], post[j], prod, c
+          )
         eta = _eta(p, "eta", i, j)
         new_elig[i, j] = (1.0 - eta) * elig[i, j] + eta * prod
   return new_hebb, new_elig, m
@@ -161,9 +164,9 @@ def lstm_episode(p, gate_kernel, cfg, x_drives, c):
     else:
       pre_act = xd + d
     i_g = np.array([_sigmoid(v) for v in pre_act[:n]])
-    f_g = np.array([_sigmoid(v) for v in pre_act[n:2 * n]])
-    o_g = np.array([_sigmoid(v) for v in pre_act[2 * n:3 * n]])
-    g = np.array([math.tanh(v) for v in pre_act[3 * n:]])
+    f_g = np.array([_sigmoid(v) for v in pre_act[n : 2 * n]])
+    o_g = np.array([_sigmoid(v) for v in pre_act[2 * n : 3 * n]])
+    g = np.array([math.tanh(v) for v in pre_act[3 * n :]])
     cell = f_g * cell + i_g * g
     h_new = o_g * np.tanh(cell)
     post = g if gate_kernel is not None else np.concatenate([i_g, f_g, o_g, g])

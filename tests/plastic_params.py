@@ -8,8 +8,9 @@ from bpm_jax import plasticity
 from bpm_jax.config import PlasticityConfig
 
 
-def random_params(config: PlasticityConfig, pre: int, post: int, seed: int = 0,
-                  w_scale: float = 0.6) -> plasticity.PlasticParams:
+def random_params(
+  config: PlasticityConfig, pre: int, post: int, seed: int = 0, w_scale: float = 0.6
+) -> plasticity.PlasticParams:
   """Random parameters large enough that traces, clips and modulation all act."""
   rng = np.random.default_rng(seed)
   alpha_shape = {"full": (pre, post), "per_neuron": (1, post), "single": ()}

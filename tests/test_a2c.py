@@ -11,12 +11,9 @@ import numpy as np
 import pytest
 from absl import flags
 
-from bpm_jax import fused_step
-from bpm_jax import xla
-from train import a2c
-from train import a2c_learner
+from bpm_jax import fused_step, xla
+from train import a2c, a2c_learner, a2c_train
 from train import a2c_loss as losses
-from train import a2c_train
 from train import checkpoint as checkpoint_lib
 from train import inspect as agent_inspect
 from train import metrics as metrics_lib
@@ -25,9 +22,17 @@ from train.a2c_config import A2CConfig, a2c_defaults, paper_defaults, resolve_st
 
 # Tiny sizes: every run below compiles in seconds and runs in milliseconds.
 # burn_in=0: the updates of these few iterations are applied.
-TINY = dict(hidden_size=8, batch_size=3, episode_length=12, iterations=2,
-            chunk_size=2, checkpoint_every=2, progress=False, fast_compile=True,
-            burn_in=0)
+TINY = dict(
+  hidden_size=8,
+  batch_size=3,
+  episode_length=12,
+  iterations=2,
+  chunk_size=2,
+  checkpoint_every=2,
+  progress=False,
+  fast_compile=True,
+  burn_in=0,
+)
 
 
 def tiny(env="CueReward-v0", network="modplast", **overrides):
@@ -55,8 +60,7 @@ def test_discounted_returns_by_hand(use_jit):
   np.testing.assert_allclose(fn(rewards, 0.5), [0.75, 1.5, 1.0, 2.0])
   # Batched [T, B]: each column on its own; gamma = 0 gives the rewards.
   batch = jnp.array([[1.0, -1.0], [0.0, 0.0], [1.0, 3.0]])
-  np.testing.assert_allclose(fn(batch, 0.9), [[1.81, 1.43], [0.9, 2.7], [1.0, 3.0]],
-                             rtol=1e-6)
+  np.testing.assert_allclose(fn(batch, 0.9), [[1.81, 1.43], [0.9, 2.7], [1.0, 3.0]], rtol=1e-6)
   np.testing.assert_allclose(fn(batch, 0.0), batch)
 
 
@@ -65,12 +69,12 @@ def test_advantages_by_hand():
   values = jnp.array([[0.5], [0.2], [-2.0]])
   advantages = losses.discounted_returns(rewards, 0.9) - values
   # Returns: R2 = -1, R1 = -0.9, R0 = 1 - 0.81 = 0.19.
-  np.testing.assert_allclose(advantages, [[0.19 - 0.5], [-0.9 - 0.2], [-1.0 + 2.0]],
-                             rtol=1e-6)
+  np.testing.assert_allclose(advantages, [[0.19 - 0.5], [-0.9 - 0.2], [-1.0 + 2.0]], rtol=1e-6)
 
 
-def numpy_loss(log_prob, value, reward, penalty, gamma, value_coef, entropy_coef,
-               baseline="batch0"):
+def numpy_loss(
+  log_prob, value, reward, penalty, gamma, value_coef, entropy_coef, baseline="batch0"
+):
   """SPEC.md §5.3 written as the reference's loop over steps and episodes.
 
   baseline="batch0": the reference's `R - vs[t][0]` (batch element 0's value
@@ -94,27 +98,27 @@ def numpy_loss(log_prob, value, reward, penalty, gamma, value_coef, entropy_coef
 @pytest.mark.parametrize("use_jit", [False, True])
 def test_a2c_loss_against_numpy(use_jit, baseline):
   rng = np.random.default_rng(0)
-  log_prob, value, reward, penalty = (rng.normal(size=(5, 3)).astype(np.float32)
-                                      for _ in range(4))
+  log_prob, value, reward, penalty = (rng.normal(size=(5, 3)).astype(np.float32) for _ in range(4))
   loss_fn = functools.partial(losses.a2c_loss, baseline=baseline)
   fn = jax.jit(loss_fn) if use_jit else loss_fn
   terms = fn(log_prob, value, reward, penalty, 0.9, 0.1, 0.03)
   want = numpy_loss(log_prob, value, reward, penalty, 0.9, 0.1, 0.03, baseline)
   np.testing.assert_allclose(terms.loss, want, rtol=1e-5)
   np.testing.assert_allclose(
-      terms.loss, terms.policy_loss + terms.entropy_loss + 0.1 * terms.value_loss,
-      rtol=1e-6)
+    terms.loss, terms.policy_loss + terms.entropy_loss + 0.1 * terms.value_loss, rtol=1e-6
+  )
 
 
 def test_a2c_loss_gradients_stop_at_the_advantage():
   """d/dlogpi = -sg(A)/(T B); d/dV = -2 value_coef A/(T B): the baseline is not pushed by the policy."""
   rng = np.random.default_rng(1)
-  log_prob, value, reward, penalty = (jnp.asarray(rng.normal(size=(4, 2)), jnp.float32)
-                                      for _ in range(4))
+  log_prob, value, reward, penalty = (
+    jnp.asarray(rng.normal(size=(4, 2)), jnp.float32) for _ in range(4)
+  )
   adv = losses.discounted_returns(reward, 0.9) - value
-  g_logp, g_value = jax.grad(lambda lp, v: losses.a2c_loss(lp, v, reward, penalty, 0.9,
-                                                        0.1, 0.0, "own").loss,
-                             argnums=(0, 1))(log_prob, value)
+  g_logp, g_value = jax.grad(
+    lambda lp, v: losses.a2c_loss(lp, v, reward, penalty, 0.9, 0.1, 0.0, "own").loss, argnums=(0, 1)
+  )(log_prob, value)
   np.testing.assert_allclose(g_logp, -adv / 8, rtol=1e-5)
   np.testing.assert_allclose(g_value, -2 * 0.1 * adv / 8, rtol=1e-5)
 
@@ -122,20 +126,23 @@ def test_a2c_loss_gradients_stop_at_the_advantage():
 def test_batch0_baseline_trains_only_element_0s_value_towards_the_batch_mean():
   """SPEC §5.3 (1): A_t^b = R_t^b - V_t^0; d/dV^0 = -2 vc sum_b A^b / (T B), d/dV^b>0 = 0."""
   rng = np.random.default_rng(2)
-  log_prob, value, reward, penalty = (jnp.asarray(rng.normal(size=(4, 3)), jnp.float32)
-                                      for _ in range(4))
+  log_prob, value, reward, penalty = (
+    jnp.asarray(rng.normal(size=(4, 3)), jnp.float32) for _ in range(4)
+  )
   adv = losses.discounted_returns(reward, 0.9) - value[:, :1]  # [T, B]
-  g_logp, g_value = jax.grad(lambda lp, v: losses.a2c_loss(lp, v, reward, penalty, 0.9,
-                                                        0.1, 0.0, "batch0").loss,
-                             argnums=(0, 1))(log_prob, value)
+  g_logp, g_value = jax.grad(
+    lambda lp, v: losses.a2c_loss(lp, v, reward, penalty, 0.9, 0.1, 0.0, "batch0").loss,
+    argnums=(0, 1),
+  )(log_prob, value)
   np.testing.assert_allclose(g_logp, -adv / 12, rtol=1e-5)
   np.testing.assert_allclose(g_value[:, 0], -2 * 0.1 * adv.sum(1) / 12, rtol=1e-5)
   np.testing.assert_array_equal(g_value[:, 1:], 0.0)
   # Its optimum is the batch-mean return.
   mean_return = losses.discounted_returns(reward, 0.9).mean(1)
   at_mean = value.at[:, 0].set(mean_return)
-  g_at_mean = jax.grad(lambda v: losses.a2c_loss(log_prob, v, reward, penalty, 0.9, 0.1,
-                                              0.0, "batch0").loss)(at_mean)
+  g_at_mean = jax.grad(
+    lambda v: losses.a2c_loss(log_prob, v, reward, penalty, 0.9, 0.1, 0.0, "batch0").loss
+  )(at_mean)
   np.testing.assert_allclose(g_at_mean, 0.0, atol=1e-6)
   with pytest.raises(ValueError, match="batch0"):
     losses.a2c_loss(log_prob, value, reward, penalty, 0.9, 0.1, 0.0, "mine")
@@ -160,17 +167,18 @@ def test_loss_of_a_fixed_rollout_against_numpy():
   key = jax.random.key(5)
   loss_fn = functools.partial(a2c_learner.loss, spec)
   loss, (aux, traj) = xla.compile(jax.jit(loss_fn), params, key, hp, fast=config.fast_compile)(
-      params, key, hp)
+    params, key, hp
+  )
   traj = jax.device_get(traj)
   assert traj.log_prob.shape == (12, 3) and traj.modulation.shape == (12, 3, 1)
   # The rollout's own bookkeeping: log pi(a) <= 0 and the concentration and
   # entropy of a 2-action softmax are tied by p = exp(log pi(a)).
   p = np.exp(traj.log_prob)
-  np.testing.assert_allclose(traj.concentration, p**2 + (1 - p)**2, rtol=1e-5)
-  np.testing.assert_allclose(traj.entropy, -(p * np.log(p) + (1 - p) * np.log1p(-p)),
-                             rtol=1e-4, atol=1e-6)
-  want = numpy_loss(traj.log_prob, traj.value, traj.reward, traj.concentration,
-                    0.9, 0.1, 0.1)
+  np.testing.assert_allclose(traj.concentration, p**2 + (1 - p) ** 2, rtol=1e-5)
+  np.testing.assert_allclose(
+    traj.entropy, -(p * np.log(p) + (1 - p) * np.log1p(-p)), rtol=1e-4, atol=1e-6
+  )
+  want = numpy_loss(traj.log_prob, traj.value, traj.reward, traj.concentration, 0.9, 0.1, 0.1)
   np.testing.assert_allclose(loss, want, rtol=1e-5)
   np.testing.assert_array_equal(losses.regulariser(traj, "concentration"), traj.concentration)
   np.testing.assert_array_equal(losses.regulariser(traj, "entropy"), -traj.entropy)
@@ -182,16 +190,17 @@ def test_loss_of_a_fixed_rollout_against_numpy():
 @pytest.mark.parametrize("network", ["modplast", "retromod"])
 def test_step_impls_and_remat_give_the_same_loss_and_gradients(network):
   """`fast` (custom VJP) and `remat` change memory and speed, not the numbers."""
-  variants = [tiny(network=network, step_impl="reference"),
-              tiny(network=network, step_impl="fast"),
-              tiny(network=network, step_impl="fast", remat=True)]
+  variants = [
+    tiny(network=network, step_impl="reference"),
+    tiny(network=network, step_impl="fast"),
+    tiny(network=network, step_impl="fast", remat=True),
+  ]
   specs = [a2c_learner.make_spec(c) for c in variants]
   hp = variants[0].hparams()
   params = jax.tree.map(lambda x: x[0], a2c_train.init_state(variants[0]).params)
 
   def all_grads(params, key):
-    return [jax.grad(lambda p, s=s: a2c_learner.loss(s, p, key, hp)[0])(params)
-            for s in specs]
+    return [jax.grad(lambda p, s=s: a2c_learner.loss(s, p, key, hp)[0])(params) for s in specs]
 
   key = jax.random.key(3)
   grads = xla.compile(jax.jit(all_grads), params, key, fast=variants[0].fast_compile)(params, key)
@@ -208,8 +217,10 @@ def test_fused_replay_reproduces_the_rollout_and_its_gradient(network):
   sequence kernel: the same log pi(a_t), V_t and m_t (to float32 rounding), and
   the gradient of the step-by-step `fast` rollout."""
   config = tiny(network=network, step_impl="fused")
-  spec, fast = a2c_learner.make_spec(config), a2c_learner.make_spec(
-      config.replace(step_impl="fast"))
+  spec, fast = (
+    a2c_learner.make_spec(config),
+    a2c_learner.make_spec(config.replace(step_impl="fast")),
+  )
   assert a2c_learner.replays_rollout(spec) and not a2c_learner.replays_rollout(fast)
   hp = config.hparams()
   params = jax.tree.map(lambda x: x[0], a2c_train.init_state(config).params)
@@ -218,19 +229,22 @@ def test_fused_replay_reproduces_the_rollout_and_its_gradient(network):
   def both(params, key):
     rolled = a2c_learner.rollout(spec, params, key, hp, config.batch_size)
     _, (_, replayed) = a2c_learner.loss(spec, params, key, hp)
-    grads = [jax.grad(lambda p, s=s: a2c_learner.loss(s, p, key, hp)[0])(params)
-             for s in (spec, fast)]
+    grads = [
+      jax.grad(lambda p, s=s: a2c_learner.loss(s, p, key, hp)[0])(params) for s in (spec, fast)
+    ]
     return rolled, replayed, grads
 
   rolled, replayed, (got, want) = xla.compile(jax.jit(both), params, key, fast=config.fast_compile)(
-      params, key)
+    params, key
+  )
   for field in ("action", "reward", "obs"):
     np.testing.assert_array_equal(getattr(replayed, field), getattr(rolled, field))
   # The same kernels; the dense layers see [T, B, .] instead of [B, .] at a
   # time, which may round differently in the last bit.
   for field in ("log_prob", "concentration", "modulation", "value"):
-    np.testing.assert_allclose(getattr(replayed, field), getattr(rolled, field),
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+      getattr(replayed, field), getattr(rolled, field), rtol=1e-5, atol=1e-6
+    )
   for x, y in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
     np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6)
   assert np.abs(np.asarray(got["params"]["cell"]["alpha"])).max() > 0
@@ -278,8 +292,11 @@ def test_batch_groups_average_the_gradients_of_their_groups():
 # Whole runs.
 
 
-SMOKE = [(env, network) for env in ("CueReward-v0", "GridMaze-v0")
-         for network in ("rnn", "plastic", "modplast", "retromod")]
+SMOKE = [
+  (env, network)
+  for env in ("CueReward-v0", "GridMaze-v0")
+  for network in ("rnn", "plastic", "modplast", "retromod")
+]
 SMOKE += [("CueRewardFixedCues-v0", "plastic")]
 
 
@@ -346,8 +363,9 @@ def test_same_seed_same_numbers_other_seed_differs(tmp_path, uninterrupted):
   state, _ = a2c_train.train_and_evaluate(tiny(iterations=4), str(tmp_path / "same"))
   assert_trees_equal(state, full_state)
   other, _ = a2c_train.train_and_evaluate(tiny(iterations=4, seed=1), str(tmp_path / "other"))
-  assert not np.array_equal(other.params["params"]["cell"]["w"],
-                            full_state.params["params"]["cell"]["w"])
+  assert not np.array_equal(
+    other.params["params"]["cell"]["w"], full_state.params["params"]["cell"]["w"]
+  )
 
 
 def test_vmapped_seeds_equal_separate_runs(tmp_path):
@@ -360,7 +378,8 @@ def test_vmapped_seeds_equal_separate_runs(tmp_path):
     for r, ra in zip(rows, alone_rows):
       assert r[f"reward_seed{s}"] == ra["reward_seed0"]
   assert rows[0]["reward_median"] == pytest.approx(
-      np.median([rows[0]["reward_seed0"], rows[0]["reward_seed1"]]))
+    np.median([rows[0]["reward_seed0"], rows[0]["reward_seed1"]])
+  )
 
 
 def test_make_train_vmaps_over_hyperparameters():
@@ -369,7 +388,8 @@ def test_make_train_vmaps_over_hyperparameters():
   train = jax.jit(jax.vmap(a2c_learner.make_train(config), in_axes=(None, 0)))
   hp = config.hparams()
   sweep = jax.tree.map(lambda x: jnp.stack([x, x]), hp).replace(
-      learning_rate=jnp.array([1e-4, 3e-2]))
+    learning_rate=jnp.array([1e-4, 3e-2])
+  )
   key = jax.random.key(0)
   state, metrics = xla.compile(train, key, sweep, fast=config.fast_compile)(key, sweep)
   assert metrics["loss"].shape == (2, 2) and state.iteration.tolist() == [2, 2]
@@ -381,8 +401,16 @@ def test_make_train_vmaps_over_hyperparameters():
 
 
 def test_burn_in_computes_but_does_not_apply_gradients(tmp_path):
-  config = tiny("GridMaze-v0", "plastic", burn_in=2, iterations=3, chunk_size=1,
-                checkpoint_every=1, entropy_kind="entropy", remat=True)
+  config = tiny(
+    "GridMaze-v0",
+    "plastic",
+    burn_in=2,
+    iterations=3,
+    chunk_size=1,
+    checkpoint_every=1,
+    entropy_kind="entropy",
+    remat=True,
+  )
   state, rows = a2c_train.train_and_evaluate(config, str(tmp_path))
   init = a2c_train.init_state(config)
   assert all(r["grad_norm"] > 0 for r in rows)
@@ -391,8 +419,7 @@ def test_burn_in_computes_but_does_not_apply_gradients(tmp_path):
   assert_trees_equal(after_burn_in.params, init.params)
   assert int(after_burn_in.opt_state[1][0].count[0]) == 0
   assert int(state.opt_state[1][0].count[0]) == 1
-  assert not np.array_equal(state.params["params"]["cell"]["w"],
-                            init.params["params"]["cell"]["w"])
+  assert not np.array_equal(state.params["params"]["cell"]["w"], init.params["params"]["cell"]["w"])
 
 
 # --------------------------------------------------------------------------
@@ -442,36 +469,74 @@ def parse(*args):
 
 
 def test_flags_map_one_to_one_and_default_to_the_paper():
-  fv = parse("--env=GridMaze-v0", "--network=rnn", "--workdir=/tmp/x", "--noremat",
-             "--learning_rate=3e-4", "--num_seeds=3", "--noprogress", "--fast_compile")
+  fv = parse(
+    "--env=GridMaze-v0",
+    "--network=rnn",
+    "--workdir=/tmp/x",
+    "--noremat",
+    "--learning_rate=3e-4",
+    "--num_seeds=3",
+    "--noprogress",
+    "--fast_compile",
+  )
   config = a2c.config_from_flags(fv)
-  want = A2CConfig(**dict(paper_defaults("GridMaze-v0", "rnn"), learning_rate=3e-4,
-                          num_seeds=3, progress=False, remat=False, fast_compile=True))
+  want = A2CConfig(
+    **dict(
+      paper_defaults("GridMaze-v0", "rnn"),
+      learning_rate=3e-4,
+      num_seeds=3,
+      progress=False,
+      remat=False,
+      fast_compile=True,
+    )
+  )
   assert config == want
   assert config.hidden_size == 100 and config.entropy_coef == 0.03
   assert config.episode_length == 200 and config.adam_eps == 1e-4
   cue = a2c.config_from_flags(parse("--workdir=/tmp/x"))
   assert (cue.env, cue.network, cue.hidden_size, cue.episode_length) == (
-      "CueReward-v0", "modplast", 200, 120)
+    "CueReward-v0",
+    "modplast",
+    200,
+    120,
+  )
   assert (cue.batch_size, cue.grad_clip_norm, cue.adam_eps, cue.entropy_coef) == (
-      30, 2.0, 1e-6, 0.1)
+    30,
+    2.0,
+    1e-6,
+    0.1,
+  )
   assert (cue.baseline, cue.burn_in) == ("batch0", 101)
   assert a2c.config_from_flags(parse("--workdir=/tmp/x", "--baseline=own")).baseline == "own"
 
 
-@pytest.mark.parametrize("arg,allowed", [
-    ("--network=lstm", "rnn"), ("--env=Pong-v0", "GridMaze-v0"),
-    ("--entropy_kind=kl", "concentration"), ("--step_impl=cuda", "reference"),
-    ("--baseline=mean", "batch0")])
+@pytest.mark.parametrize(
+  "arg,allowed",
+  [
+    ("--network=lstm", "rnn"),
+    ("--env=Pong-v0", "GridMaze-v0"),
+    ("--entropy_kind=kl", "concentration"),
+    ("--step_impl=cuda", "reference"),
+    ("--baseline=mean", "batch0"),
+  ],
+)
 def test_unknown_choice_flags_fail_at_parse(arg, allowed):
   with pytest.raises(flags.IllegalFlagValueError) as info:
     parse(arg, "--workdir=/tmp/x")
   assert arg.split("=")[0].lstrip("-") in str(info.value) and allowed in str(info.value)
 
 
-@pytest.mark.parametrize("arg", ["--learning_rate=-1", "--hidden_size=0",
-                                 "--batch_size=-3", "--discount=1.5", "--maze_size=8",
-                                 "--grad_clip_norm=0"])
+@pytest.mark.parametrize(
+  "arg",
+  [
+    "--learning_rate=-1",
+    "--hidden_size=0",
+    "--batch_size=-3",
+    "--discount=1.5",
+    "--maze_size=8",
+    "--grad_clip_norm=0",
+  ],
+)
 def test_bad_numeric_flags_fail_before_any_work(arg):
   fv = parse(arg, "--workdir=/tmp/x")
   name = arg.split("=")[0]
@@ -480,8 +545,9 @@ def test_bad_numeric_flags_fail_before_any_work(arg):
 
 
 def test_resume_flag_takes_the_saved_settings(tmp_path):
-  saved = a2c_defaults("GridMaze-v0", network="retromod", hidden_size=8,
-                       learning_rate=1e-3, num_seeds=2)
+  saved = a2c_defaults(
+    "GridMaze-v0", network="retromod", hidden_size=8, learning_rate=1e-3, num_seeds=2
+  )
   (tmp_path / "config.json").write_text(saved.to_json())
   # `--workdir=DIR --resume` alone continues the saved run; run control may change.
   config = a2c.config_from_flags(parse(f"--workdir={tmp_path}", "--resume", "--iterations=50"))

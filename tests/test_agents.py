@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bpm_jax import PlasticRNNCell, PlasticityConfig
+from bpm_jax import PlasticityConfig, PlasticRNNCell
 from bpm_jax.agents import ActorCritic
 
 NETWORKS = ["rnn", "plastic", "modplast", "retromod"]
@@ -15,8 +15,7 @@ B, I, H, A = 3, 7, 6, 4
 
 
 def _agent(network, **kwargs):
-  return ActorCritic(num_actions=A, hidden_size=H, config=PlasticityConfig(network),
-                     **kwargs)
+  return ActorCritic(num_actions=A, hidden_size=H, config=PlasticityConfig(network), **kwargs)
 
 
 def _init(agent, key=0):
@@ -57,16 +56,19 @@ def test_heads_read_the_cell_hidden_state():
   agent = _agent("modplast", clip_value=0.5, eta_init=0.2)
   params, carry, obs = _init(agent)
   p = params["params"]
-  cell = PlasticRNNCell(hidden_size=H, config=PlasticityConfig("modplast"),
-                        clip_value=0.5, return_modulation=True)
+  cell = PlasticRNNCell(
+    hidden_size=H, config=PlasticityConfig("modplast"), clip_value=0.5, return_modulation=True
+  )
   for _ in range(3):
     want_carry, (h, m) = cell.apply({"params": p["cell"]}, carry, obs)
     carry, (logits, value, m_agent) = agent.apply(params, carry, obs)
     h = np.asarray(h)
-    np.testing.assert_allclose(logits, h @ p["policy"]["kernel"] + p["policy"]["bias"],
-                               rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(value, h @ p["value"]["kernel"][:, 0] + p["value"]["bias"][0],
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+      logits, h @ p["policy"]["kernel"] + p["policy"]["bias"], rtol=1e-5, atol=1e-6
+    )
+    np.testing.assert_allclose(
+      value, h @ p["value"]["kernel"][:, 0] + p["value"]["bias"][0], rtol=1e-5, atol=1e-6
+    )
     np.testing.assert_allclose(m_agent, m)
     for a, b in zip(jax.tree.leaves(carry), jax.tree.leaves(want_carry)):
       np.testing.assert_allclose(a, b)
@@ -74,10 +76,14 @@ def test_heads_read_the_cell_hidden_state():
 
 def test_initialisation_follows_the_reference():
   """W, alpha ~ U(0, init_scale); heads PyTorch default U(+-1/sqrt(H)); eta = eta_init."""
-  agent = ActorCritic(num_actions=A, hidden_size=50, config=PlasticityConfig("retromod"),
-                      eta_init=0.03, init_scale=0.01)
-  params = jax.jit(agent.init)(jax.random.key(0), agent.initialize_carry((1,)),
-                               jnp.zeros((1, I)))
+  agent = ActorCritic(
+    num_actions=A,
+    hidden_size=50,
+    config=PlasticityConfig("retromod"),
+    eta_init=0.03,
+    init_scale=0.01,
+  )
+  params = jax.jit(agent.init)(jax.random.key(0), agent.initialize_carry((1,)), jnp.zeros((1, I)))
   p = params["params"]
   for name in ("w", "alpha"):
     x = np.asarray(p["cell"][name])

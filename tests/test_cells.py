@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bpm_jax import PlasticLSTMCell, PlasticRNNCell, PlasticityConfig, plasticity
+from bpm_jax import PlasticityConfig, PlasticLSTMCell, PlasticRNNCell, plasticity
 
 NETWORKS = ["rnn", "plastic", "modplast", "retromod"]
 
@@ -28,8 +28,9 @@ def test_cell_in_flax_rnn_equals_manual_steps(cell_cls, network):
   config = PlasticityConfig(network=network, fan_out=network != "plastic")
   cell = cell_cls(hidden_size=6, config=config, return_modulation=True)
   xs = jax.random.normal(jax.random.key(1), (3, 9, 4))
-  variables = cell.init(jax.random.key(2),
-                        cell.initialize_carry(jax.random.key(0), (3, 4)), xs[:, 0])
+  variables = cell.init(
+    jax.random.key(2), cell.initialize_carry(jax.random.key(0), (3, 4)), xs[:, 0]
+  )
   hs, ms, carry = _episode(cell, variables, xs)
   assert hs.shape == (3, 9, 6) and ms.shape == (3, 9, 1)
   rnn = nn.RNN(cell, return_carry=True)
@@ -55,8 +56,7 @@ def test_rnn_cell_calls_core_with_its_params():
   dense = prm.pop("input")
   core = plasticity.PlasticParams(**prm)
   for _ in range(3):
-    want, _ = plasticity.rnn_step(core, carry, x @ dense["kernel"] + dense["bias"],
-                                  config, 0.7)
+    want, _ = plasticity.rnn_step(core, carry, x @ dense["kernel"] + dense["bias"], config, 0.7)
     carry, h = cell.apply(variables, carry, x)
     np.testing.assert_allclose(h, want.h, atol=1e-6)
     np.testing.assert_allclose(carry.traces.elig, want.traces.elig, atol=1e-6)
@@ -81,16 +81,18 @@ def test_rnn_cell_reference_initialisation():
 def test_eta_init_and_alpha_kinds_shapes():
   x = jnp.zeros((3,))
   for kind, shape in [("full", (4, 4)), ("per_neuron", (1, 4)), ("single", ())]:
-    cell = PlasticRNNCell(hidden_size=4, eta_init=0.01,
-                          config=PlasticityConfig(network="retromod", alpha_kind=kind))
+    cell = PlasticRNNCell(
+      hidden_size=4, eta_init=0.01, config=PlasticityConfig(network="retromod", alpha_kind=kind)
+    )
     params = cell.init(jax.random.key(0), cell.initialize_carry(None, x.shape), x)["params"]
     assert params["alpha"].shape == shape
     assert float(params["eta"]) == pytest.approx(0.01)
 
 
 def test_lstm_plastic_gates_shapes():
-  cell = PlasticLSTMCell(hidden_size=5, plastic_gates=True,
-                         config=PlasticityConfig(network="modplast", fan_out=True))
+  cell = PlasticLSTMCell(
+    hidden_size=5, plastic_gates=True, config=PlasticityConfig(network="modplast", fan_out=True)
+  )
   x = jnp.ones((2, 3))
   carry = cell.initialize_carry(None, x.shape)
   assert carry.traces.hebb.shape == (2, 5, 20)
@@ -132,7 +134,8 @@ def test_clip_value_can_be_traced_and_vmapped():
   config = PlasticityConfig(network="modplast")
   x = jnp.ones((3,)) * 3.0
   variables = PlasticRNNCell(hidden_size=4, config=config).init(
-      jax.random.key(0), PlasticRNNCell(4).initialize_carry(None, x.shape), x)
+    jax.random.key(0), PlasticRNNCell(4).initialize_carry(None, x.shape), x
+  )
   variables = jax.tree.map(lambda v: v * 100.0, variables)  # drive the traces to the bound
 
   def final_hebb(clip_value):
@@ -142,8 +145,9 @@ def test_clip_value_can_be_traced_and_vmapped():
       carry, _ = cell.apply(variables, carry, x)
     return jnp.abs(carry.traces.hebb).max()
 
-  np.testing.assert_allclose(jax.jit(jax.vmap(final_hebb))(jnp.array([0.1, 0.5])),
-                             [0.1, 0.5], atol=1e-6)
+  np.testing.assert_allclose(
+    jax.jit(jax.vmap(final_hebb))(jnp.array([0.1, 0.5])), [0.1, 0.5], atol=1e-6
+  )
 
 
 @pytest.mark.parametrize("cell_cls", [PlasticRNNCell, PlasticLSTMCell])

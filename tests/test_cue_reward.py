@@ -8,22 +8,22 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from envs.cue_reward import (
-    EMPTY,
-    GO,
-    CueReward,
-    EnvParams,
-    sample_distinct_cues,
-    trial_draw_size,
-    trial_from_uniform,
+  EMPTY,
+  GO,
+  CueReward,
+  EnvParams,
+  sample_distinct_cues,
+  trial_draw_size,
+  trial_from_uniform,
 )
 from tests.env_rollouts import eager_rollout, rollout
 from tests.numpy_envs import NumpyCueReward
 
 # One instance per shape config, so each jitted rollout compiles once.
 _ENVS = {
-    "default": CueReward(),
-    "fixed": CueReward(n_cues=4, cue_bits=4, fixed_cues=True),
-    "six_cues": CueReward(n_cues=6, cue_bits=3),
+  "default": CueReward(),
+  "fixed": CueReward(n_cues=4, cue_bits=4, fixed_cues=True),
+  "six_cues": CueReward(n_cues=6, cue_bits=3),
 }
 _EPISODE_LENGTH = 60
 _N_EPISODES = 2  # Every rollout has the same length, so it compiles once per env.
@@ -52,22 +52,22 @@ def _numpy_episode(env, params, states, start: int) -> NumpyCueReward:
       middle = states.schedule[t][1 : length - 2]
       middles.append([None if s == EMPTY else int(s) for s in middle])
   return NumpyCueReward(
-      states.cues[start],
-      states.target[start],
-      middles,
-      params.max_steps_in_episode,
-      reward=params.reward,
-      action_penalty=params.action_penalty,
+    states.cues[start],
+    states.target[start],
+    middles,
+    params.max_steps_in_episode,
+    reward=params.reward,
+    action_penalty=params.action_penalty,
   )
 
 
 @pytest.mark.parametrize(
-    "name, param_kwargs",
-    [
-        ("default", {}),
-        ("fixed", {"reward": 2.0}),
-        ("six_cues", {"action_penalty": 0.25}),
-    ],
+  "name, param_kwargs",
+  [
+    ("default", {}),
+    ("fixed", {"reward": 2.0}),
+    ("six_cues", {"action_penalty": 0.25}),
+  ],
 )
 def test_matches_numpy_transcription(name, param_kwargs):
   env, params, actions, (obs, states, rewards, infos) = _run(name, 3, **param_kwargs)
@@ -89,7 +89,7 @@ def test_trial_structure(seed, name):
   env, params, actions, (obs, states, rewards, infos) = _run(name, seed)
   assert obs.shape == (_N_EPISODES * _EPISODE_LENGTH, env.cue_bits + 7)
   obs, states, rewards, infos, actions = jax.tree.map(
-      lambda x: x[:_EPISODE_LENGTH], (obs, states, rewards, infos, actions)
+    lambda x: x[:_EPISODE_LENGTH], (obs, states, rewards, infos, actions)
   )  # First episode.
   if not env.fixed_cues:  # Cues distinct, in {-1, +1}.
     assert set(np.unique(states.cues)) <= {-1.0, 1.0}
@@ -182,13 +182,13 @@ def test_spaces():
 
 
 @pytest.mark.parametrize(
-    "kwargs, match",
-    [
-        ({"n_cues": 1}, r"n_cues must be an integer >= 2, got 1"),
-        ({"n_cues": 4, "cue_bits": 1}, r"cue_bits=1 is too small for n_cues=4.*cue_bits >= 2"),
-        ({"n_cues": 5, "cue_bits": 0}, r"cue_bits must be an integer >= 1, got 0"),
-        ({"cue_bits": 3, "fixed_cues": True}, r"cue_bits=3 .*fixed_cues=True.*cue_bits=4"),
-    ],
+  "kwargs, match",
+  [
+    ({"n_cues": 1}, r"n_cues must be an integer >= 2, got 1"),
+    ({"n_cues": 4, "cue_bits": 1}, r"cue_bits=1 is too small for n_cues=4.*cue_bits >= 2"),
+    ({"n_cues": 5, "cue_bits": 0}, r"cue_bits must be an integer >= 1, got 0"),
+    ({"cue_bits": 3, "fixed_cues": True}, r"cue_bits=3 .*fixed_cues=True.*cue_bits=4"),
+  ],
 )
 def test_invalid_constructor_args(kwargs, match):
   with pytest.raises(ValueError, match=match):

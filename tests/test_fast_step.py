@@ -10,9 +10,7 @@ import pytest
 from jax import lax
 from jax.test_util import check_grads
 
-from bpm_jax import cells
-from bpm_jax import fast_step
-from bpm_jax import plasticity
+from bpm_jax import cells, fast_step, plasticity
 from bpm_jax.config import PlasticityConfig
 from tests import plastic_params
 
@@ -26,30 +24,45 @@ RTOL = 1e-6
 # x rule, every alpha kind, every rate source (eta scalar/full, K >= 1 with and
 # without fan-out, every modulation fn, partial modulation), the retromod split.
 CONFIGS = [
-    PlasticityConfig(network="rnn"),
-    PlasticityConfig(network="plastic", rule="clip"),
-    PlasticityConfig(network="plastic", rule="decay", alpha_kind="per_neuron",
-                     eta_kind="full"),
-    PlasticityConfig(network="plastic", rule="soft_clip", alpha_kind="single"),
-    PlasticityConfig(network="plastic", rule="oja"),
-    PlasticityConfig(network="modplast"),
-    PlasticityConfig(network="modplast", rule="decay", modulation_fn="sigmoid",
-                     alpha_kind="per_neuron"),
-    PlasticityConfig(network="modplast", rule="soft_clip", alpha_kind="single",
-                     num_modulators=3),
-    PlasticityConfig(network="modplast", rule="oja", alpha_kind="single",
-                     fan_out=True, partial_modulation=True),
-    PlasticityConfig(network="modplast", modulation_fn="identity", fan_out=True,
-                     num_modulators=2, partial_modulation=True),
-    PlasticityConfig(network="retromod"),
-    PlasticityConfig(network="retromod", rule="decay", alpha_kind="single"),
-    PlasticityConfig(network="retromod", rule="soft_clip", alpha_kind="per_neuron",
-                     fan_out=True, num_modulators=2, modulation_fn="sigmoid"),
-    PlasticityConfig(network="retromod", num_modulators=3, eta_kind="full",
-                     modulation_fn="identity"),
-    PlasticityConfig(network="retromod", partial_modulation=True),
-    PlasticityConfig(network="retromod", partial_modulation=True, rule="soft_clip",
-                     fan_out=True, alpha_kind="per_neuron"),
+  PlasticityConfig(network="rnn"),
+  PlasticityConfig(network="plastic", rule="clip"),
+  PlasticityConfig(network="plastic", rule="decay", alpha_kind="per_neuron", eta_kind="full"),
+  PlasticityConfig(network="plastic", rule="soft_clip", alpha_kind="single"),
+  PlasticityConfig(network="plastic", rule="oja"),
+  PlasticityConfig(network="modplast"),
+  PlasticityConfig(
+    network="modplast", rule="decay", modulation_fn="sigmoid", alpha_kind="per_neuron"
+  ),
+  PlasticityConfig(network="modplast", rule="soft_clip", alpha_kind="single", num_modulators=3),
+  PlasticityConfig(
+    network="modplast", rule="oja", alpha_kind="single", fan_out=True, partial_modulation=True
+  ),
+  PlasticityConfig(
+    network="modplast",
+    modulation_fn="identity",
+    fan_out=True,
+    num_modulators=2,
+    partial_modulation=True,
+  ),
+  PlasticityConfig(network="retromod"),
+  PlasticityConfig(network="retromod", rule="decay", alpha_kind="single"),
+  PlasticityConfig(
+    network="retromod",
+    rule="soft_clip",
+    alpha_kind="per_neuron",
+    fan_out=True,
+    num_modulators=2,
+    modulation_fn="sigmoid",
+  ),
+  PlasticityConfig(network="retromod", num_modulators=3, eta_kind="full", modulation_fn="identity"),
+  PlasticityConfig(network="retromod", partial_modulation=True),
+  PlasticityConfig(
+    network="retromod",
+    partial_modulation=True,
+    rule="soft_clip",
+    fan_out=True,
+    alpha_kind="per_neuron",
+  ),
 ]
 
 
@@ -71,15 +84,17 @@ def x64():
     yield
 
 
-def random_params(config: PlasticityConfig, size: int = H,
-                  seed: int = 0) -> plasticity.PlasticParams:
+def random_params(
+  config: PlasticityConfig, size: int = H, seed: int = 0
+) -> plasticity.PlasticParams:
   """Random parameters strong enough that traces saturate, clips and modulation act."""
   return plastic_params.random_params(config, size, size, seed)
 
 
 def zero_state(config: PlasticityConfig, dtype, size: int = H) -> plasticity.RNNState:
-  return plasticity.RNNState(h=jnp.zeros((size,), dtype),
-                             traces=plasticity.init_traces(config, size, size, dtype))
+  return plasticity.RNNState(
+    h=jnp.zeros((size,), dtype), traces=plasticity.init_traces(config, size, size, dtype)
+  )
 
 
 def episode(step, params, config, x_drives, clip_value):
@@ -125,13 +140,15 @@ def test_episode_forward_and_gradient_match_autodiff(config, x64):
   def both(params, x_drives, clip_value):
     def run(step):
       (_, outputs), grads = jax.value_and_grad(
-          lambda p, x, c: episode_loss(step, p, config, x, c), argnums=(0, 1, 2),
-          has_aux=True)(params, x_drives, clip_value)
+        lambda p, x, c: episode_loss(step, p, config, x, c), argnums=(0, 1, 2), has_aux=True
+      )(params, x_drives, clip_value)
       return outputs, grads
+
     return run(plasticity.rnn_step), run(fast_step.rnn_step_fast)
 
   (ref_out, ref_grads), (fast_out, fast_grads) = jit_run(
-      both, params, x_drives, jnp.asarray(CLIP_VALUE))
+    both, params, x_drives, jnp.asarray(CLIP_VALUE)
+  )
   # Forward: the same core functions, so the same numbers.
   assert_trees_close(fast_out, ref_out, atol=1e-12, rtol=0)
   # Gradients w.r.t. params, x_drives and the traced clip value.
@@ -145,22 +162,26 @@ def test_episode_forward_and_gradient_match_autodiff(config, x64):
     assert abs(float(ref_grads[2])) > 1e-6
 
 
-@pytest.mark.parametrize("config", [
+@pytest.mark.parametrize(
+  "config",
+  [
     PlasticityConfig(network="modplast"),
     PlasticityConfig(network="retromod", partial_modulation=True),
     PlasticityConfig(network="retromod", rule="soft_clip"),
-], ids=str)
+  ],
+  ids=str,
+)
 def test_clip_ties_match_jnp_clip_autodiff(config, x64):
   """Entries exactly at +-c (Hebb_tm1 = +-c, zero update): JAX gives 0.5 there."""
   bound = 1.0 if config.rule == "soft_clip" else CLIP_VALUE
   params = random_params(config)
   rng = np.random.default_rng(2)
   h_tm1 = rng.uniform(-0.9, 0.9, H)
-  h_tm1[[0, 3]] = 0.0                               # rows with a zero Hebbian update
+  h_tm1[[0, 3]] = 0.0  # rows with a zero Hebbian update
   hebb = rng.uniform(-0.5, 0.5, (H, H))
   hebb[0, :] = bound
   hebb[3, :] = -bound
-  hebb[1, 2] = 3.0 * bound                          # far outside: clipped
+  hebb[1, 2] = 3.0 * bound  # far outside: clipped
   traces = plasticity.Traces(hebb=jnp.asarray(hebb))
   if config.has_eligibility:
     elig = rng.uniform(-0.5, 0.5, (H, H))
@@ -177,7 +198,8 @@ def test_clip_ties_match_jnp_clip_autodiff(config, x64):
   leaves, treedef = jax.tree.flatten(out_shapes)
   keys = jax.random.split(jax.random.key(3), len(leaves))
   cotangent = treedef.unflatten(
-      [jax.random.normal(k, l.shape, l.dtype) for k, l in zip(keys, leaves)])
+    [jax.random.normal(k, l.shape, l.dtype) for k, l in zip(keys, leaves)]
+  )
 
   def both(args, cotangent):
     results = []
@@ -192,22 +214,36 @@ def test_clip_ties_match_jnp_clip_autodiff(config, x64):
   if config.network == "modplast":
     # The ties are there: row 0 sits at +c with a zero update and h_tm1[0] = 0
     # (no drive term), so the reference passes exactly half the cotangent.
-    np.testing.assert_allclose(np.asarray(ref_grads[1].traces.hebb)[0],
-                               0.5 * np.asarray(cotangent[0].traces.hebb)[0], atol=1e-12)
+    np.testing.assert_allclose(
+      np.asarray(ref_grads[1].traces.hebb)[0],
+      0.5 * np.asarray(cotangent[0].traces.hebb)[0],
+      atol=1e-12,
+    )
 
 
-@pytest.mark.parametrize("config", [
-    PlasticityConfig(network="modplast", rule="oja", fan_out=True, num_modulators=2,
-                     modulation_fn="sigmoid", alpha_kind="per_neuron"),
-    PlasticityConfig(network="retromod", partial_modulation=True, alpha_kind="single",
-                     eta_kind="full"),
-], ids=str)
+@pytest.mark.parametrize(
+  "config",
+  [
+    PlasticityConfig(
+      network="modplast",
+      rule="oja",
+      fan_out=True,
+      num_modulators=2,
+      modulation_fn="sigmoid",
+      alpha_kind="per_neuron",
+    ),
+    PlasticityConfig(
+      network="retromod", partial_modulation=True, alpha_kind="single", eta_kind="full"
+    ),
+  ],
+  ids=str,
+)
 def test_check_grads_numerically(config, x64):
   """Finite differences on the fast step (two steps, traces away from +-c kinks)."""
   params = random_params(config, seed=4)
   rng = np.random.default_rng(5)
   hebb = rng.uniform(-0.3, 0.3, (H, H))
-  hebb[1, 2], hebb[4, 0] = 3.0, -3.0                 # saturated, far from the kink
+  hebb[1, 2], hebb[4, 0] = 3.0, -3.0  # saturated, far from the kink
   traces = plasticity.Traces(hebb=jnp.asarray(hebb))
   if config.has_eligibility:
     traces = traces.replace(elig=jnp.asarray(rng.uniform(-0.3, 0.3, (H, H))))
@@ -219,8 +255,14 @@ def test_check_grads_numerically(config, x64):
       state, (h, m) = fast_step.rnn_step_fast(params, state, x_drive, config, clip_value)
     return state, h, m
 
-  check_grads(jax.jit(two_steps), (params, state, x_drives, jnp.asarray(1.0)), order=1,
-              modes=["rev"], atol=1e-5, rtol=1e-5)
+  check_grads(
+    jax.jit(two_steps),
+    (params, state, x_drives, jnp.asarray(1.0)),
+    order=1,
+    modes=["rev"],
+    atol=1e-5,
+    rtol=1e-5,
+  )
 
 
 def test_jit_and_vmap_over_batch(x64):
@@ -229,8 +271,9 @@ def test_jit_and_vmap_over_batch(x64):
   params = random_params(config)
   batch = 3
   x_drives = jnp.asarray(np.random.default_rng(6).normal(0, 1.0, (T, batch, H)))
-  batched_zero_state = jax.tree.map(lambda a: jnp.broadcast_to(a, (batch,) + a.shape),
-                                    zero_state(config, x_drives.dtype))
+  batched_zero_state = jax.tree.map(
+    lambda a: jnp.broadcast_to(a, (batch,) + a.shape), zero_state(config, x_drives.dtype)
+  )
 
   def loss(step, params, clip_value):
     batched_step = jax.vmap(step, in_axes=(None, 0, 0, None, None))
@@ -243,23 +286,29 @@ def test_jit_and_vmap_over_batch(x64):
     return jnp.sum(jnp.sin(hs)) + jnp.sum(state.traces.hebb[:, 0])
 
   def both(params, clip_value, state):
-    grads = [jax.value_and_grad(functools.partial(loss, step), argnums=(0, 1))(
-        params, clip_value) for step in (plasticity.rnn_step, fast_step.rnn_step_fast)]
+    grads = [
+      jax.value_and_grad(functools.partial(loss, step), argnums=(0, 1))(params, clip_value)
+      for step in (plasticity.rnn_step, fast_step.rnn_step_fast)
+    ]
     # One vmapped fast step against a Python loop over the batch.
     vmapped = jax.vmap(fast_step.rnn_step_fast, in_axes=(None, 0, 0, None, None))(
-        params, state, x_drives[0], config, clip_value)
-    looped = [fast_step.rnn_step_fast(params, jax.tree.map(lambda a: a[b], state),
-                                      x_drives[0, b], config, clip_value)
-              for b in range(batch)]
+      params, state, x_drives[0], config, clip_value
+    )
+    looped = [
+      fast_step.rnn_step_fast(
+        params, jax.tree.map(lambda a: a[b], state), x_drives[0, b], config, clip_value
+      )
+      for b in range(batch)
+    ]
     return grads, vmapped, looped
 
   state = batched_zero_state.replace(
-      h=jnp.asarray(np.random.default_rng(7).uniform(-1, 1, (batch, H))))
+    h=jnp.asarray(np.random.default_rng(7).uniform(-1, 1, (batch, H)))
+  )
   (ref, fast), vmapped, looped = jit_run(both, params, jnp.asarray(CLIP_VALUE), state)
   assert_trees_close(fast, ref)
   for b in range(batch):
-    assert_trees_close(jax.tree.map(lambda a: a[b], vmapped), looped[b], atol=1e-12,
-                       rtol=0)
+    assert_trees_close(jax.tree.map(lambda a: a[b], vmapped), looped[b], atol=1e-12, rtol=0)
 
 
 @pytest.mark.parametrize("network, num_hh_residuals", [("modplast", 1), ("retromod", 2)])
@@ -272,9 +321,9 @@ def test_saves_only_old_traces_per_step(network, num_hh_residuals):
 
   def count(step):
     def residuals(params):
-      _, vjp_fn = jax.vjp(
-          lambda p: episode_loss(step, p, config, x_drives, CLIP_VALUE)[0], params)
+      _, vjp_fn = jax.vjp(lambda p: episode_loss(step, p, config, x_drives, CLIP_VALUE)[0], params)
       return jax.tree.leaves(vjp_fn)
+
     # Abstract evaluation: the residual shapes, without compiling anything.
     return sum(1 for leaf in jax.eval_shape(residuals, params) if leaf.shape == (T, H, H))
 
@@ -289,10 +338,16 @@ def test_cell_fast_equals_reference():
   xs = jax.random.normal(jax.random.key(0), (batch, steps, num_inputs))
 
   def make(step_impl):
-    return nn.RNN(cells.PlasticRNNCell(hidden_size=H, config=config, step_impl=step_impl,
-                                       w_init=cells.uniform_range(-0.5, 0.5),
-                                       alpha_init=cells.uniform_range(-1.0, 1.0),
-                                       return_modulation=True))
+    return nn.RNN(
+      cells.PlasticRNNCell(
+        hidden_size=H,
+        config=config,
+        step_impl=step_impl,
+        w_init=cells.uniform_range(-0.5, 0.5),
+        alpha_init=cells.uniform_range(-1.0, 1.0),
+        return_modulation=True,
+      )
+    )
 
   reference, fast = make("reference"), make("fast")
 
@@ -300,9 +355,11 @@ def test_cell_fast_equals_reference():
     variables = reference.init(jax.random.key(1), xs)
     results = []
     for model in (reference, fast):
+
       def loss(variables):
         h, m = model.apply(variables, xs)
         return jnp.sum(jnp.sin(h)) + jnp.sum(m), (h, m)
+
       results.append(jax.value_and_grad(loss, has_aux=True)(variables))
     return results
 

@@ -1,8 +1,7 @@
 """train.flags.run_main: the shared body of the entry points' `main`."""
 
-from absl import app
-from absl import flags
 import pytest
+from absl import app, flags
 
 from train import flags as flags_lib
 
@@ -14,6 +13,7 @@ def _never(config, workdir):
 def test_bad_flag_is_a_usage_error_before_any_work():
   def bad_flags(flag_values):
     raise ValueError("--hidden_size=0 is invalid: it must be an integer >= 1.")
+
   with pytest.raises(app.UsageError, match="--hidden_size=0"):
     flags_lib.run_main(["prog"], bad_flags, _never, (ValueError,))
   with pytest.raises(app.UsageError, match="Unexpected arguments"):
@@ -30,6 +30,7 @@ def _flag_values(workdir):
 def test_run_errors_print_one_error_line_and_exit_1(capsys, tmp_path):
   fv = _flag_values(tmp_path)
   seen = []
+
   class Boom(RuntimeError):
     pass
 
@@ -43,5 +44,6 @@ def test_run_errors_print_one_error_line_and_exit_1(capsys, tmp_path):
   assert capsys.readouterr().err.strip() == "ERROR: Non-finite loss at iteration 7"
   # Errors outside `run_errors` propagate unchanged (a bug, not a user error).
   with pytest.raises(KeyError):
-    flags_lib.run_main(["prog"], lambda fv: "config",
-                       lambda c, w: (_ for _ in ()).throw(KeyError("x")), (Boom,), fv)
+    flags_lib.run_main(
+      ["prog"], lambda fv: "config", lambda c, w: (_ for _ in ()).throw(KeyError("x")), (Boom,), fv
+    )

@@ -16,15 +16,14 @@ import numpy as np
 import pytest
 from jax import lax
 
-from bpm_jax import cells
-from bpm_jax import fused_step
-from bpm_jax import plasticity
+from bpm_jax import cells, fused_step, plasticity
 from bpm_jax.config import PlasticityConfig
 from tests import plastic_params
 
 pytestmark = pytest.mark.skipif(
-    shutil.which("g++") is None,
-    reason="no C++ compiler (g++): the fused kernels cannot be built here")
+  shutil.which("g++") is None,
+  reason="no C++ compiler (g++): the fused kernels cannot be built here",
+)
 
 B, H, T = 3, 7, 10
 CLIP = 0.7
@@ -41,14 +40,12 @@ def random_state(config, seed=1, scale=0.9):
   """h, Hebb (and E) with entries beyond +-CLIP, so the clip acts."""
   rng = np.random.default_rng(seed)
   f = lambda *shape: jnp.asarray(rng.uniform(-scale, scale, shape), jnp.float32)
-  traces = plasticity.Traces(hebb=f(B, H, H),
-                             elig=f(B, H, H) if config.has_eligibility else None)
+  traces = plasticity.Traces(hebb=f(B, H, H), elig=f(B, H, H) if config.has_eligibility else None)
   return plasticity.RNNState(h=f(B, H), traces=traces)
 
 
 def reference_step(params, state, x, config, clip):
-  return jax.vmap(lambda s, xi: plasticity.rnn_step(params, s, xi, config, clip))(
-      state, x)
+  return jax.vmap(lambda s, xi: plasticity.rnn_step(params, s, xi, config, clip))(state, x)
 
 
 def weighted_sum(tree, seed):
@@ -85,10 +82,12 @@ def test_one_step_forward_and_gradients_match_autodiff(network):
     return weighted_sum(step(params, state, x, config, clip), 0)
 
   args = (params, state, x, jnp.float32(CLIP))
-  ref = jax.jit(jax.value_and_grad(functools.partial(loss, reference_step),
-                                   argnums=(0, 1, 2, 3)))(*args)
-  got = jax.jit(jax.value_and_grad(functools.partial(loss, fused_step.rnn_step_fused),
-                                   argnums=(0, 1, 2, 3)))(*args)
+  ref = jax.jit(jax.value_and_grad(functools.partial(loss, reference_step), argnums=(0, 1, 2, 3)))(
+    *args
+  )
+  got = jax.jit(
+    jax.value_and_grad(functools.partial(loss, fused_step.rnn_step_fused), argnums=(0, 1, 2, 3))
+  )(*args)
   assert_close(got, ref, rtol=1e-5)  # scalar sums over B*H*H terms
   out = fused_step.rnn_step_fused(params, state, x, config, CLIP)
   assert_close(out, reference_step(params, state, x, config, CLIP), rtol=1e-6)
@@ -101,19 +100,26 @@ def test_one_step_forward_and_gradients_match_autodiff(network):
 def scan_loss(step, params, x_drives, clip, config):
   def body(state, x):
     return step(params, state, x, config, clip)
+
   zero = plasticity.RNNState(
-      h=jnp.zeros((B, H)),
-      traces=jax.tree.map(lambda t: jnp.broadcast_to(t, (B,) + t.shape),
-                          plasticity.init_traces(config, H, H, jnp.float32)))
+    h=jnp.zeros((B, H)),
+    traces=jax.tree.map(
+      lambda t: jnp.broadcast_to(t, (B,) + t.shape),
+      plasticity.init_traces(config, H, H, jnp.float32),
+    ),
+  )
   final, outputs = lax.scan(body, zero, x_drives)
   return weighted_sum((final, outputs), 1), (final, outputs)
 
 
 def sequence_loss(params, x_drives, clip, config):
   zero = plasticity.RNNState(
-      h=jnp.zeros((B, H)),
-      traces=jax.tree.map(lambda t: jnp.broadcast_to(t, (B,) + t.shape),
-                          plasticity.init_traces(config, H, H, jnp.float32)))
+    h=jnp.zeros((B, H)),
+    traces=jax.tree.map(
+      lambda t: jnp.broadcast_to(t, (B,) + t.shape),
+      plasticity.init_traces(config, H, H, jnp.float32),
+    ),
+  )
   final, outputs = fused_step.rnn_sequence_fused(params, zero, x_drives, config, clip)
   return weighted_sum((final, outputs), 1), (final, outputs)
 
@@ -125,7 +131,8 @@ def test_episode_step_and_sequence_kernels_match_autodiff(network):
   config, params = params_for(network)
   x_drives = jnp.asarray(np.random.default_rng(3).normal(0, 1, (T, B, H)), jnp.float32)
   grad = lambda fn: jax.jit(jax.value_and_grad(fn, argnums=(0, 1, 2), has_aux=True))(
-      params, x_drives, jnp.float32(CLIP))
+    params, x_drives, jnp.float32(CLIP)
+  )
   ref = grad(lambda *a: scan_loss(reference_step, *a, config))
   step = grad(lambda *a: scan_loss(fused_step.rnn_step_fused, *a, config))
   seq = grad(lambda *a: sequence_loss(*a, config))
@@ -148,10 +155,9 @@ def test_clip_ties_give_half_the_cotangent_as_jnp_clip(network):
   hebb[:, 3, 2:4] = -CLIP
   if config.has_eligibility:
     elig = np.array(state.traces.elig)
-    elig[:, 0, :2] = elig[:, 3, 2:4] = 0.0   # zero retromod update there
+    elig[:, 0, :2] = elig[:, 3, 2:4] = 0.0  # zero retromod update there
     state = state.replace(traces=state.traces.replace(elig=jnp.asarray(elig)))
-  state = state.replace(h=jnp.asarray(h),
-                        traces=state.traces.replace(hebb=jnp.asarray(hebb)))
+  state = state.replace(h=jnp.asarray(h), traces=state.traces.replace(hebb=jnp.asarray(hebb)))
   x = jnp.asarray(np.random.default_rng(4).normal(0, 1, (B, H)), jnp.float32)
 
   def g_old_hebb(step):
@@ -172,13 +178,11 @@ def test_vmap_over_agents_equals_one_call_per_agent():
   clips = jnp.asarray([0.7, 0.5], jnp.float32)
 
   def grads(p, c):
-    return jax.grad(lambda p, c: sequence_loss(p, x_drives, c, config)[0],
-                    argnums=(0, 1))(p, c)
+    return jax.grad(lambda p, c: sequence_loss(p, x_drives, c, config)[0], argnums=(0, 1))(p, c)
 
   batched = jax.jit(jax.vmap(grads))(stacked, clips)
   # Nested vmaps (agents x clip values): the kernel sees [2, 2] leading dims.
-  nested = jax.jit(jax.vmap(jax.vmap(grads, in_axes=(None, 0)), in_axes=(0, None)))(
-      stacked, clips)
+  nested = jax.jit(jax.vmap(jax.vmap(grads, in_axes=(None, 0)), in_axes=(0, None)))(stacked, clips)
   for k, p in enumerate(agents):
     for j in range(2):
       single = jax.jit(grads)(p, clips[j])
@@ -193,8 +197,9 @@ def test_cell_fused_step_and_sequence_equal_reference():
   """`PlasticRNNCell(step_impl="fused")`: step by step and `sequence=True`."""
   config = PlasticityConfig(network="retromod")
   x = jnp.asarray(np.random.default_rng(7).normal(0, 1, (T, 2, B, 5)), jnp.float32)
-  make = lambda impl: cells.PlasticRNNCell(hidden_size=H, config=config, step_impl=impl,
-                                           alpha_init=nn.initializers.uniform(0.5))
+  make = lambda impl: cells.PlasticRNNCell(
+    hidden_size=H, config=config, step_impl=impl, alpha_init=nn.initializers.uniform(0.5)
+  )
   carry = make("reference").initialize_carry(None, (2, B, 5))
   params = make("reference").init(jax.random.key(0), carry, x[0])
 
@@ -209,13 +214,16 @@ def test_cell_fused_step_and_sequence_equal_reference():
     assert_close(jax.jit(lambda: run(impl, sequence))(), ref, rtol=1e-5)
 
 
-@pytest.mark.parametrize("config, message", [
+@pytest.mark.parametrize(
+  "config, message",
+  [
     (PlasticityConfig(network="modplast", rule="decay"), "rule='decay'"),
     (PlasticityConfig(network="plastic", alpha_kind="single"), "alpha_kind='single'"),
     (PlasticityConfig(network="modplast", fan_out=True), "fan_out"),
     (PlasticityConfig(network="retromod", modulation_fn="sigmoid"), "modulation_fn"),
     (PlasticityConfig(network="plastic", eta_kind="full"), "eta_kind='full'"),
-])
+  ],
+)
 def test_unsupported_configs_name_the_setting_and_the_fix(config, message):
   with pytest.raises(ValueError, match=message) as info:
     cells.PlasticRNNCell(hidden_size=4, config=config, step_impl="fused")
@@ -227,8 +235,9 @@ def test_bad_inputs_are_rejected_with_the_reason():
   state = random_state(config)
   x = jnp.zeros((B, H), jnp.float32)
   with pytest.raises(ValueError, match="float32"):
-    fused_step.rnn_step_fused(jax.tree.map(lambda a: a.astype(jnp.bfloat16), params),
-                              state, x, config, CLIP)
+    fused_step.rnn_step_fused(
+      jax.tree.map(lambda a: a.astype(jnp.bfloat16), params), state, x, config, CLIP
+    )
   with pytest.raises(ValueError, match=r"\[T, B, H\]"):
     fused_step.rnn_sequence_fused(params, state, x, config, CLIP)
 

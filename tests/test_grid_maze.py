@@ -37,17 +37,17 @@ def _numpy_episode(env, params, states, rewards, start: int) -> NumpyGridMaze:
   teleports = [states.pos[t + 1] for t in range(start, end - 1) if rewards[t] > 0]
   teleports.append(env.centre)
   return NumpyGridMaze(
-      env.maze_size,
-      states.reward_pos[start],
-      teleports,
-      params.max_steps_in_episode,
-      reward=params.reward,
-      wall_penalty=params.wall_penalty,
+    env.maze_size,
+    states.reward_pos[start],
+    teleports,
+    params.max_steps_in_episode,
+    reward=params.reward,
+    wall_penalty=params.wall_penalty,
   )
 
 
 @pytest.mark.parametrize(
-    "size, param_kwargs", [(5, {}), (9, {"wall_penalty": 0.5}), (13, {"reward": 3.0})]
+  "size, param_kwargs", [(5, {}), (9, {"wall_penalty": 0.5}), (13, {"reward": 3.0})]
 )
 def test_matches_numpy_transcription(size, param_kwargs):
   env, params, actions, (obs, states, rewards, infos) = _run(size, 4, **param_kwargs)
@@ -89,17 +89,17 @@ def test_maze_invariants(seed, size):
 
 def test_layout():
   expected_9 = np.array(
-      [
-          "#########",
-          "#.......#",
-          "#.#.#.#.#",
-          "#.......#",
-          "#.#...#.#",
-          "#.......#",
-          "#.#.#.#.#",
-          "#.......#",
-          "#########",
-      ]
+    [
+      "#########",
+      "#.......#",
+      "#.#.#.#.#",
+      "#.......#",
+      "#.#...#.#",
+      "#.......#",
+      "#.#.#.#.#",
+      "#.......#",
+      "#########",
+    ]
   )
   np.testing.assert_array_equal(maze_walls(9), np.array([list(r) for r in expected_9]) == "#")
   assert not maze_walls(5)[2, 2] and not maze_walls(11)[5, 5]

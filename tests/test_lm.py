@@ -11,27 +11,31 @@ import random
 import subprocess
 import sys
 
-from absl import flags
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from absl import flags
 
-from bpm_jax import lm
-from bpm_jax import ptb
+from bpm_jax import lm, ptb
 from bpm_jax.config import NETWORKS
 from train import lm as train_lm
-from train import lm_config
-from train import lm_learner
-from train import lm_train
+from train import lm_config, lm_learner, lm_train
 from train import metrics as metrics_lib
 from train import run as run_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # A tiny model that escapes the unigram plateau within ~100 SGD steps.
-TINY = dict(hidden_size=16, batch_size=8, unroll=10, eval_batch_size=4, init_scale=0.5,
-            chunk_size=2, progress=False)
+TINY = dict(
+  hidden_size=16,
+  batch_size=8,
+  unroll=10,
+  eval_batch_size=4,
+  init_scale=0.5,
+  chunk_size=2,
+  progress=False,
+)
 
 
 @pytest.fixture(scope="module")
@@ -65,15 +69,18 @@ def test_carry_over_two_halves_equals_one_pass(network):
   params = model.init(jax.random.key(0), carry0, tokens[:, :1])["params"]
   # Large plasticity coefficients, so the traces visibly shape the outputs.
   params = jax.tree_util.tree_map_with_path(
-      lambda path, x: jnp.full_like(x, 0.5) if path[-1].key == "alpha" else x, params)
+    lambda path, x: jnp.full_like(x, 0.5) if path[-1].key == "alpha" else x, params
+  )
   apply = jax.jit(model.apply)
   carry_full, logits_full = apply({"params": params}, carry0, tokens)
   carry_half, logits_a = apply({"params": params}, carry0, tokens[:, :6])
   carry_two, logits_b = apply({"params": params}, carry_half, tokens[:, 6:])
-  np.testing.assert_allclose(np.concatenate([logits_a, logits_b], axis=1), logits_full,
-                             rtol=1e-5, atol=1e-5)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5),
-               carry_two, carry_full)
+  np.testing.assert_allclose(
+    np.concatenate([logits_a, logits_b], axis=1), logits_full, rtol=1e-5, atol=1e-5
+  )
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), carry_two, carry_full
+  )
   assert logits_full.shape == (3, 12, 20)
   if network != "rnn":
     assert float(jnp.abs(carry_full[0].traces.hebb).max()) > 1e-3
@@ -99,10 +106,10 @@ def test_param_counts_by_hand():
   layer = 4 * h * h + 4 * h + 4 * h * h  # input kernel (E = H) + bias, gates + W.
   rnn = v * h + 2 * layer + h * v + v
   expected = {
-      "rnn": rnn,
-      "plastic": rnn + 2 * (2 * h * h),  # alpha + per-connection eta.
-      "modplast": rnn + 2 * (h * h + h + 1 + h + h),  # alpha, W_mod, b_mod, fan-out.
-      "retromod": rnn + 2 * (h * h + h + 1 + h + h + 1),  # + scalar eta.
+    "rnn": rnn,
+    "plastic": rnn + 2 * (2 * h * h),  # alpha + per-connection eta.
+    "modplast": rnn + 2 * (h * h + h + 1 + h + h),  # alpha, W_mod, b_mod, fan-out.
+    "retromod": rnn + 2 * (h * h + h + 1 + h + h + 1),  # + scalar eta.
   }
   for network, count in expected.items():
     config = lm.LMConfig(vocab_size=v, hidden_size=h, network=network)
@@ -120,14 +127,12 @@ def test_parameter_matching_paper_size():
   for network, hidden in sizes.items():
     count = lm.count_params(lm.LMConfig(vocab_size=10000, hidden_size=hidden, network=network))
     assert abs(count - target) / target <= 0.005, (network, hidden, count)
-  report = lm.param_report([lm.LMConfig(10000, h, network=n) for n, h in sizes.items()],
-                           target)
+  report = lm.param_report([lm.LMConfig(10000, h, network=n) for n, h in sizes.items()], target)
   assert "retromod" in report and "plasticity" in report
 
 
 def test_parameter_matching_fixed_embedding_and_failure():
-  sizes = lm.match_hidden_sizes(2_000_000, 5000, networks=("rnn", "retromod"),
-                                embed_size=150)
+  sizes = lm.match_hidden_sizes(2_000_000, 5000, networks=("rnn", "retromod"), embed_size=150)
   for network, hidden in sizes.items():
     count = lm.count_params(lm.LMConfig(5000, hidden, embed_size=150, network=network))
     assert abs(count - 2_000_000) / 2_000_000 <= 0.005
@@ -147,8 +152,9 @@ def test_sgd_update_clip_and_l2():
   g = np.array([3.0 + 0.1, -0.2, 4.0 + 0.3])
   assert float(norm) == pytest.approx(np.linalg.norm(g), rel=1e-6)
   step = 0.5 * g * 2.0 / np.linalg.norm(g)
-  np.testing.assert_allclose(np.append(new["a"], new["b"]), np.array([1.0, -2.0, 3.0]) - step,
-                             rtol=1e-6)
+  np.testing.assert_allclose(
+    np.append(new["a"], new["b"]), np.array([1.0, -2.0, 3.0]) - step, rtol=1e-6
+  )
   # Below the clip norm the gradient is used as is.
   small = {"a": jnp.array([0.1, 0.0]), "b": jnp.array(0.0)}
   hparams = lm_learner.LMHParams(learning_rate=1.0, l2_penalty=0.0, grad_clip_norm=2.0)
@@ -167,10 +173,10 @@ def test_train_step_equals_the_old_sgd_formula(clip):
   tokens = jax.random.randint(jax.random.key(1), (3, 7), 0, 12)
   inputs, targets = tokens[:, :-1], tokens[:, 1:]
   carry = model.initialize_carry(3)
-  hparams = lm_learner.LMHParams(learning_rate=jnp.float32(lr), l2_penalty=jnp.float32(l2),
-                                 grad_clip_norm=jnp.float32(clip))
-  grads = jax.grad(lambda p: lm_learner.lm_loss(p, model, carry, inputs, targets)[0])(
-      state.params)
+  hparams = lm_learner.LMHParams(
+    learning_rate=jnp.float32(lr), l2_penalty=jnp.float32(l2), grad_clip_norm=jnp.float32(clip)
+  )
+  grads = jax.grad(lambda p: lm_learner.lm_loss(p, model, carry, inputs, targets)[0])(state.params)
   # The old formula in NumPy (float64), from the same float32 gradient.
   theta = [np.asarray(t, np.float64) for t in jax.tree.leaves(state.params)]
   g = [np.asarray(x, np.float64) + l2 * t for x, t in zip(jax.tree.leaves(grads), theta)]
@@ -217,8 +223,14 @@ def test_bound_eta_projection():
 
 @pytest.mark.parametrize("network", NETWORKS)
 def test_each_variant_runs_two_steps(corpus_dir, tmp_path, network):
-  config = lm_config.LMTrainConfig(data_dir=corpus_dir, network=network, epochs=1,
-                                  max_steps_per_epoch=2, max_eval_minibatches=5, **TINY)
+  config = lm_config.LMTrainConfig(
+    data_dir=corpus_dir,
+    network=network,
+    epochs=1,
+    max_steps_per_epoch=2,
+    max_eval_minibatches=5,
+    **TINY,
+  )
   results = lm_train.train_and_evaluate(config, str(tmp_path))
   assert results["steps"] == 2
   assert results["tokens_trained"] == 2 * 8 * 10
@@ -258,13 +270,20 @@ def test_learns_and_resumes(corpus_dir, tmp_path):
   assert [int(r["step"]) for r in rows] == sorted(int(r["step"]) for r in rows)
   # Changing a model setting on resume is refused.
   with pytest.raises(ValueError, match="differs"):
-    lm_train.train_and_evaluate(config.replace(epochs=3, resume=True, init_scale=0.3),
-                                str(tmp_path))
+    lm_train.train_and_evaluate(
+      config.replace(epochs=3, resume=True, init_scale=0.3), str(tmp_path)
+    )
 
 
 def test_nan_guard(corpus_dir, tmp_path):
-  config = lm_config.LMTrainConfig(data_dir=corpus_dir, network="retromod", epochs=1,
-                                  max_steps_per_epoch=6, learning_rate=1e38, **TINY)
+  config = lm_config.LMTrainConfig(
+    data_dir=corpus_dir,
+    network="retromod",
+    epochs=1,
+    max_steps_per_epoch=6,
+    learning_rate=1e38,
+    **TINY,
+  )
   with pytest.raises(run_lib.NonFiniteError, match="Non-finite .* epoch 1"):
     lm_train.train_and_evaluate(config, str(tmp_path))
   assert not os.path.exists(tmp_path / "checkpoints" / "1")
@@ -272,8 +291,7 @@ def test_nan_guard(corpus_dir, tmp_path):
 
 def test_target_params_sets_hidden_size(corpus_dir):
   corpus = ptb.load_corpus(corpus_dir)
-  config = lm_config.LMTrainConfig(data_dir=corpus_dir, network="modplast",
-                                  target_params=2_000_000)
+  config = lm_config.LMTrainConfig(data_dir=corpus_dir, network="modplast", target_params=2_000_000)
   model_config = config.resolve_model_config(corpus.vocab_size)
   assert model_config.hidden_size > 100
   assert abs(lm.count_params(model_config) - 2_000_000) <= 0.005 * 2_000_000
@@ -281,8 +299,10 @@ def test_target_params_sets_hidden_size(corpus_dir):
   assert given.hidden_size == 100  # An explicit H wins over the target.
   default = lm_config.LMTrainConfig(data_dir=corpus_dir, network="rnn")
   assert default.target_params == lm.PAPER_TARGET_PARAMS
-  assert default.replace(target_params=0).resolve_model_config(
-      corpus.vocab_size).hidden_size == lm_config.DEFAULT_HIDDEN_SIZE
+  assert (
+    default.replace(target_params=0).resolve_model_config(corpus.vocab_size).hidden_size
+    == lm_config.DEFAULT_HIDDEN_SIZE
+  )
 
 
 # --------------------------------------------------------------------------
@@ -303,27 +323,30 @@ def test_bad_flags_rejected(corpus_dir, tmp_path):
     train_lm.config_from_flags(parse([f"--workdir={tmp_path}"]))
   assert "--data_dir is required" in str(info.value) and "ptb.train.txt" in str(info.value)
   with pytest.raises(FileNotFoundError, match="simple-examples"):
-    train_lm.config_from_flags(parse([f"--workdir={tmp_path}",
-                                      f"--data_dir={tmp_path / 'nope'}"]))
+    train_lm.config_from_flags(parse([f"--workdir={tmp_path}", f"--data_dir={tmp_path / 'nope'}"]))
   with pytest.raises(ValueError, match="--epochs=0 is invalid"):
-    train_lm.config_from_flags(parse([f"--workdir={tmp_path}", f"--data_dir={corpus_dir}",
-                                      "--epochs=0"]))
+    train_lm.config_from_flags(
+      parse([f"--workdir={tmp_path}", f"--data_dir={corpus_dir}", "--epochs=0"])
+    )
   with pytest.raises(ValueError, match="--workdir is required"):
     train_lm.config_from_flags(parse([f"--data_dir={corpus_dir}"]))
-  config = train_lm.config_from_flags(parse([f"--workdir={tmp_path}",
-                                             f"--data_dir={corpus_dir}",
-                                             "--network=plastic", "--hidden_size=32"]))
+  config = train_lm.config_from_flags(
+    parse(
+      [f"--workdir={tmp_path}", f"--data_dir={corpus_dir}", "--network=plastic", "--hidden_size=32"]
+    )
+  )
   assert config.network == "plastic" and config.hidden_size == 32
 
 
 def test_resume_flag_takes_the_saved_settings(corpus_dir, tmp_path):
-  saved = lm_config.LMTrainConfig(data_dir=str(corpus_dir), network="retromod",
-                                 hidden_size=12, epochs=2)
-  (tmp_path / "config.json").write_text(json.dumps({"train": saved.to_dict(),
-                                                    "network": "retromod"}))
+  saved = lm_config.LMTrainConfig(
+    data_dir=str(corpus_dir), network="retromod", hidden_size=12, epochs=2
+  )
+  (tmp_path / "config.json").write_text(
+    json.dumps({"train": saved.to_dict(), "network": "retromod"})
+  )
   # `--workdir=DIR --resume` alone continues the saved run (its data directory too).
-  config = train_lm.config_from_flags(parse([f"--workdir={tmp_path}", "--resume",
-                                             "--epochs=3"]))
+  config = train_lm.config_from_flags(parse([f"--workdir={tmp_path}", "--resume", "--epochs=3"]))
   assert config == saved.replace(resume=True, epochs=3)
   # Without --resume the saved file is not read.
   with pytest.raises(ValueError, match="--data_dir is required"):
@@ -336,9 +359,18 @@ def test_resume_flag_takes_the_saved_settings(corpus_dir, tmp_path):
 def test_cli_fails_fast_without_data(tmp_path):
   workdir = tmp_path / "run"
   result = subprocess.run(
-      [sys.executable, "-m", "train.lm", f"--workdir={workdir}",
-       f"--data_dir={tmp_path / 'missing'}"],
-      cwd=REPO, capture_output=True, text=True, timeout=120)
+    [
+      sys.executable,
+      "-m",
+      "train.lm",
+      f"--workdir={workdir}",
+      f"--data_dir={tmp_path / 'missing'}",
+    ],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert result.returncode != 0
   assert "does not exist" in result.stderr and "ptb.train.txt" in result.stderr
   assert not workdir.exists()

@@ -4,8 +4,9 @@ from train import metrics as metrics_lib
 
 
 def test_disabled_progress_prints_throttled_lines_with_eta(capsys):
-  progress = metrics_lib.Progress(total=10, initial=2, enabled=False, desc="modplast",
-                                  log_every_s=3600.0)
+  progress = metrics_lib.Progress(
+    total=10, initial=2, enabled=False, desc="modplast", log_every_s=3600.0
+  )
   progress.update(3, reward=0.25)  # Within log_every_s of the start: silent.
   assert capsys.readouterr().out == ""
   progress.update(5, reward=0.5)  # The last step always prints.

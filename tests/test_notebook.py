@@ -23,14 +23,21 @@ def test_quickstart_notebook_executes(tmp_path, monkeypatch):
   monkeypatch.setenv("BPM_QUICK", "1")
   monkeypatch.setenv("BPM_WORKDIR", str(tmp_path))
   # The kernel spec runs `python`: make that this interpreter, with the repo importable.
-  monkeypatch.setenv("PATH", os.path.dirname(sys.executable) + os.pathsep
-                     + os.environ.get("PATH", ""))
+  monkeypatch.setenv(
+    "PATH", os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
+  )
   monkeypatch.setenv("PYTHONPATH", REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
-  client = NotebookClient(nb, timeout=600, kernel_name="python3",
-                          resources={"metadata": {"path": str(tmp_path)}})
+  client = NotebookClient(
+    nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+  )
   client.execute()
-  images = [out for cell in nb.cells if cell.cell_type == "code"
-            for out in cell.get("outputs", []) if "image/png" in out.get("data", {})]
+  images = [
+    out
+    for cell in nb.cells
+    if cell.cell_type == "code"
+    for out in cell.get("outputs", [])
+    if "image/png" in out.get("data", {})
+  ]
   assert len(images) == 2  # Learning curves and the modulation plot.
   for name in ("curves.png", "modulation.png", "modplast/metrics.csv", "rnn/config.json"):
     assert (tmp_path / name).exists(), name

@@ -37,7 +37,8 @@ def cfg_dict(config):
 def run_rnn(params, config, x_drives, clip_value):
   dtype = x_drives.dtype
   state = plasticity.RNNState(
-      h=jnp.zeros((H,), dtype), traces=plasticity.init_traces(config, H, H, dtype))
+    h=jnp.zeros((H,), dtype), traces=plasticity.init_traces(config, H, H, dtype)
+  )
 
   def body(s, xd):
     s, (h, m) = plasticity.rnn_step(params, s, xd, config, clip_value)
@@ -52,32 +53,32 @@ def x_drive_seq(seed=1, steps=T, size=H, scale=1.0):
 
 
 RNN_CONFIGS = [
-    PlasticityConfig(network="rnn"),
-    PlasticityConfig(network="plastic", rule="clip"),
-    PlasticityConfig(network="plastic", rule="decay"),
-    PlasticityConfig(network="plastic", rule="oja"),
-    PlasticityConfig(network="plastic", rule="soft_clip"),
-    PlasticityConfig(network="plastic", alpha_kind="per_neuron"),
-    PlasticityConfig(network="plastic", alpha_kind="single"),
-    PlasticityConfig(network="plastic", eta_kind="full"),
-    PlasticityConfig(network="modplast"),
-    PlasticityConfig(network="modplast", modulation_fn="sigmoid"),
-    # Identity modulation is unbounded: pair it with clip (soft_clip with a rate
-    # |M d| > 2 is an expanding map, where any rounding doubles every step).
-    PlasticityConfig(network="modplast", modulation_fn="identity"),
-    PlasticityConfig(network="modplast", rule="soft_clip"),
-    PlasticityConfig(network="modplast", fan_out=True),
-    PlasticityConfig(network="modplast", num_modulators=3),
-    PlasticityConfig(network="modplast", num_modulators=2, fan_out=True),
-    PlasticityConfig(network="modplast", partial_modulation=True),
-    PlasticityConfig(network="modplast", rule="decay", modulation_fn="sigmoid"),
-    PlasticityConfig(network="modplast", rule="oja", alpha_kind="per_neuron"),
-    PlasticityConfig(network="retromod"),
-    PlasticityConfig(network="retromod", fan_out=True, alpha_kind="single"),
-    PlasticityConfig(network="retromod", num_modulators=2),
-    PlasticityConfig(network="retromod", partial_modulation=True, eta_kind="full"),
-    PlasticityConfig(network="retromod", rule="soft_clip"),
-    PlasticityConfig(network="retromod", modulation_fn="identity", rule="decay"),
+  PlasticityConfig(network="rnn"),
+  PlasticityConfig(network="plastic", rule="clip"),
+  PlasticityConfig(network="plastic", rule="decay"),
+  PlasticityConfig(network="plastic", rule="oja"),
+  PlasticityConfig(network="plastic", rule="soft_clip"),
+  PlasticityConfig(network="plastic", alpha_kind="per_neuron"),
+  PlasticityConfig(network="plastic", alpha_kind="single"),
+  PlasticityConfig(network="plastic", eta_kind="full"),
+  PlasticityConfig(network="modplast"),
+  PlasticityConfig(network="modplast", modulation_fn="sigmoid"),
+  # Identity modulation is unbounded: pair it with clip (soft_clip with a rate
+  # |M d| > 2 is an expanding map, where any rounding doubles every step).
+  PlasticityConfig(network="modplast", modulation_fn="identity"),
+  PlasticityConfig(network="modplast", rule="soft_clip"),
+  PlasticityConfig(network="modplast", fan_out=True),
+  PlasticityConfig(network="modplast", num_modulators=3),
+  PlasticityConfig(network="modplast", num_modulators=2, fan_out=True),
+  PlasticityConfig(network="modplast", partial_modulation=True),
+  PlasticityConfig(network="modplast", rule="decay", modulation_fn="sigmoid"),
+  PlasticityConfig(network="modplast", rule="oja", alpha_kind="per_neuron"),
+  PlasticityConfig(network="retromod"),
+  PlasticityConfig(network="retromod", fan_out=True, alpha_kind="single"),
+  PlasticityConfig(network="retromod", num_modulators=2),
+  PlasticityConfig(network="retromod", partial_modulation=True, eta_kind="full"),
+  PlasticityConfig(network="retromod", rule="soft_clip"),
+  PlasticityConfig(network="retromod", modulation_fn="identity", rule="decay"),
 ]
 
 
@@ -87,8 +88,9 @@ def test_rnn_episode_matches_numpy(config, x64):
   x_drives = x_drive_seq()
   clip_value = 0.5
   state, hs, ms = run_rnn(params, config, x_drives, clip_value)
-  ref_hs, ref_ms, ref_hebb = ref.rnn_episode(np_params(params), cfg_dict(config),
-                                             np.asarray(x_drives, np.float64), clip_value)
+  ref_hs, ref_ms, ref_hebb = ref.rnn_episode(
+    np_params(params), cfg_dict(config), np.asarray(x_drives, np.float64), clip_value
+  )
   np.testing.assert_allclose(hs, ref_hs, atol=ATOL)
   np.testing.assert_allclose(ms, ref_ms, atol=ATOL)
   if config.is_plastic:
@@ -111,11 +113,18 @@ def test_hebbian_update_single_step(rule):
   hebb = rng.uniform(-0.9, 0.9, (4, 5))
   pre, post = rng.normal(size=4), rng.normal(size=5)
   rate = 0.3
-  got = plasticity.hebbian_update(jnp.asarray(hebb), jnp.asarray(pre), jnp.asarray(post),
-                                  rate, rule, 0.7)
-  want = np.array([[ref.rule_update(rule, hebb[i, j], rate, pre[i], post[j],
-                                    pre[i] * post[j], 0.7) for j in range(5)]
-                   for i in range(4)])
+  got = plasticity.hebbian_update(
+    jnp.asarray(hebb), jnp.asarray(pre), jnp.asarray(post), rate, rule, 0.7
+  )
+  want = np.array(
+    [
+      [
+        ref.rule_update(rule, hebb[i, j], rate, pre[i], post[j], pre[i] * post[j], 0.7)
+        for j in range(5)
+      ]
+      for i in range(4)
+    ]
+  )
   np.testing.assert_allclose(got, want, atol=1e-6)
 
 
@@ -129,8 +138,7 @@ def test_retromod_update_order_uses_old_eligibility():
   new, m = plasticity.update_traces(params, traces, pre, post, post, config, 10.0)
   np.testing.assert_allclose(new.hebb, m[0] * elig, atol=1e-6)
   eta = params.eta
-  np.testing.assert_allclose(new.elig, (1 - eta) * elig + eta * np.outer(pre, post),
-                             atol=1e-6)
+  np.testing.assert_allclose(new.elig, (1 - eta) * elig + eta * np.outer(pre, post), atol=1e-6)
 
 
 def test_weight_convention_w_pre_post():
@@ -138,8 +146,9 @@ def test_weight_convention_w_pre_post():
   config = PlasticityConfig(network="plastic")
   w = jnp.zeros((3, 3)).at[0, 1].set(2.0)
   params = plasticity.PlasticParams(w=w, alpha=jnp.zeros((3, 3)), eta=jnp.asarray(0.5))
-  state = plasticity.RNNState(h=jnp.array([0.5, 0.0, 0.0]),
-                              traces=plasticity.init_traces(config, 3, 3))
+  state = plasticity.RNNState(
+    h=jnp.array([0.5, 0.0, 0.0]), traces=plasticity.init_traces(config, 3, 3)
+  )
   new, (h, _) = plasticity.rnn_step(params, state, jnp.zeros(3), config, 1.0)
   np.testing.assert_allclose(h, [0.0, np.tanh(1.0), 0.0], atol=1e-6)
   # Hebb = eta * outer(pre=h_tm1, post=h_t): only [0, 1] is nonzero.
@@ -147,9 +156,13 @@ def test_weight_convention_w_pre_post():
   expected[0, 1] = 0.5 * 0.5 * np.tanh(1.0)
   np.testing.assert_allclose(new.traces.hebb, expected, atol=1e-6)
   # Per-neuron alpha indexes the postsynaptic neuron (columns).
-  drive = plasticity.plastic_drive(jnp.array([1.0, 0.0, 0.0]), jnp.zeros((3, 3)),
-                                   jnp.array([[0.0, 3.0, 0.0]]), jnp.ones((3, 3)),
-                                   "per_neuron")
+  drive = plasticity.plastic_drive(
+    jnp.array([1.0, 0.0, 0.0]),
+    jnp.zeros((3, 3)),
+    jnp.array([[0.0, 3.0, 0.0]]),
+    jnp.ones((3, 3)),
+    "per_neuron",
+  )
   np.testing.assert_allclose(drive, [0.0, 3.0, 0.0])
 
 
@@ -165,11 +178,11 @@ def test_modulation_rate_groups_and_fanout():
 
 
 LSTM_CONFIGS = [
-    PlasticityConfig(network="rnn"),
-    PlasticityConfig(network="plastic", eta_kind="full"),
-    PlasticityConfig(network="modplast", fan_out=True),
-    PlasticityConfig(network="retromod", fan_out=True),
-    PlasticityConfig(network="retromod", alpha_kind="per_neuron"),
+  PlasticityConfig(network="rnn"),
+  PlasticityConfig(network="plastic", eta_kind="full"),
+  PlasticityConfig(network="modplast", fan_out=True),
+  PlasticityConfig(network="retromod", fan_out=True),
+  PlasticityConfig(network="retromod", alpha_kind="per_neuron"),
 ]
 
 
@@ -180,8 +193,7 @@ def test_lstm_episode_matches_numpy(config, plastic_gates, x64):
   post = 4 * hsize if plastic_gates else hsize
   params = random_params(config, hsize, post, seed=2)
   rng = np.random.default_rng(4)
-  gate_kernel = None if plastic_gates else jnp.asarray(
-      rng.normal(0, 0.6, (hsize, 3 * hsize)))
+  gate_kernel = None if plastic_gates else jnp.asarray(rng.normal(0, 0.6, (hsize, 3 * hsize)))
   x_drives = x_drive_seq(seed=5, steps=T, size=4 * hsize)
   clip_value = 0.5
 
@@ -189,12 +201,17 @@ def test_lstm_episode_matches_numpy(config, plastic_gates, x64):
     return plasticity.lstm_step(params, gate_kernel, s, xd, config, clip_value)
 
   zeros = jnp.zeros(hsize, x_drives.dtype)
-  state0 = plasticity.LSTMState(h=zeros, c=zeros, traces=plasticity.init_traces(
-      config, hsize, post, x_drives.dtype))
+  state0 = plasticity.LSTMState(
+    h=zeros, c=zeros, traces=plasticity.init_traces(config, hsize, post, x_drives.dtype)
+  )
   state, (hs, ms) = lax.scan(body, state0, x_drives)
   ref_hs, ref_ms, ref_hebb = ref.lstm_episode(
-      np_params(params), None if gate_kernel is None else np.asarray(gate_kernel, np.float64),
-      cfg_dict(config), np.asarray(x_drives, np.float64), clip_value)
+    np_params(params),
+    None if gate_kernel is None else np.asarray(gate_kernel, np.float64),
+    cfg_dict(config),
+    np.asarray(x_drives, np.float64),
+    clip_value,
+  )
   np.testing.assert_allclose(hs, ref_hs, atol=ATOL)
   np.testing.assert_allclose(ms, ref_ms, atol=ATOL)
   if config.is_plastic:
@@ -226,7 +243,9 @@ def test_vmap_equals_python_loop(network, x64):
     np.testing.assert_allclose(hs_v[b], hs_b, atol=1e-10)
 
 
-@pytest.mark.parametrize("config", [
+@pytest.mark.parametrize(
+  "config",
+  [
     PlasticityConfig(network="rnn"),
     PlasticityConfig(network="plastic"),
     PlasticityConfig(network="plastic", rule="decay"),
@@ -234,22 +253,25 @@ def test_vmap_equals_python_loop(network, x64):
     PlasticityConfig(network="modplast", rule="oja"),
     PlasticityConfig(network="retromod"),
     PlasticityConfig(network="retromod", partial_modulation=True, num_modulators=2),
-], ids=str)
+  ],
+  ids=str,
+)
 def test_gradients_numerically(config):
   """check_grads on tiny sizes, float64, for every network type."""
   from jax.test_util import check_grads  # pylint: disable=g-import-not-at-top
+
   with jax.enable_x64(True):
-    params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64) * 0.5,
-                          random_params(config, 4, 4))
+    params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64) * 0.5, random_params(config, 4, 4))
     x = jnp.asarray(np.random.default_rng(0).normal(size=(6, 4)), jnp.float64)
 
     def loss(p, xs):
-      state = plasticity.RNNState(h=jnp.zeros(4, jnp.float64),
-                                  traces=plasticity.init_traces(config, 4, 4, jnp.float64))
+      state = plasticity.RNNState(
+        h=jnp.zeros(4, jnp.float64), traces=plasticity.init_traces(config, 4, 4, jnp.float64)
+      )
 
       def body(s, xd):
         s, (h, m) = plasticity.rnn_step(p, s, xd, config, 5.0)
-        return s, jnp.sum(h ** 2) + jnp.sum(m)
+        return s, jnp.sum(h**2) + jnp.sum(m)
 
       _, out = lax.scan(body, state, xs)
       return jnp.sum(out)
@@ -261,7 +283,9 @@ def test_gradients_numerically(config):
       assert np.abs(grads.alpha).max() > 0  # plasticity actually contributes.
 
 
-@pytest.mark.parametrize("changes, field", [
+@pytest.mark.parametrize(
+  "changes, field",
+  [
     (dict(network="lstm"), "network"),
     (dict(alpha_kind="per_synapse"), "alpha_kind"),
     (dict(rule="bcm"), "rule"),
@@ -270,7 +294,8 @@ def test_gradients_numerically(config):
     (dict(num_modulators=0), "num_modulators"),
     (dict(network="retromod", rule="oja"), "rule"),
     (dict(network="plastic", partial_modulation=True), "partial_modulation"),
-])
+  ],
+)
 def test_bad_config_raises(changes, field):
   with pytest.raises(ValueError, match=field):
     PlasticityConfig(**changes)

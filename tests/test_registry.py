@@ -13,12 +13,12 @@ def test_registered_ids():
 
 
 @pytest.mark.parametrize(
-    "env_id, env_class, obs_size, episode_length",
-    [
-        ("CueReward-v0", CueReward, 27, 120),
-        ("CueRewardFixedCues-v0", CueReward, 11, 120),
-        ("GridMaze-v0", GridMaze, 17, 200),
-    ],
+  "env_id, env_class, obs_size, episode_length",
+  [
+    ("CueReward-v0", CueReward, 27, 120),
+    ("CueRewardFixedCues-v0", CueReward, 11, 120),
+    ("GridMaze-v0", GridMaze, 17, 200),
+  ],
 )
 def test_make_defaults(env_id, env_class, obs_size, episode_length):
   env, params = envs.make(env_id)
@@ -63,17 +63,17 @@ def test_unknown_kwarg():
 
 
 @pytest.mark.parametrize(
-    "env_id, kwargs, match",
-    [
-        ("GridMaze-v0", {"max_steps_in_episode": 0}, r"max_steps_in_episode must be .* got 0"),
-        ("CueReward-v0", {"max_steps_in_episode": -5}, r"must be a positive integer, got -5"),
-        ("CueReward-v0", {"max_steps_in_episode": 2.5}, r"positive integer, got 2.5"),
-        ("GridMaze-v0", {"wall_penalty": -1.0}, r"wall_penalty must be finite and >= 0, got"),
-        ("CueReward-v0", {"reward": float("nan")}, r"reward must be finite"),
-        ("GridMaze-v0", {"maze_size": 10}, r"maze_size must be an odd integer >= 5, got 10; use"),
-        ("CueReward-v0", {"cue_bits": 1}, r"cue_bits=1 is too small for n_cues=4"),
-        ("CueReward-v0", {"n_cues": 1}, r"n_cues must be an integer >= 2, got 1"),
-    ],
+  "env_id, kwargs, match",
+  [
+    ("GridMaze-v0", {"max_steps_in_episode": 0}, r"max_steps_in_episode must be .* got 0"),
+    ("CueReward-v0", {"max_steps_in_episode": -5}, r"must be a positive integer, got -5"),
+    ("CueReward-v0", {"max_steps_in_episode": 2.5}, r"positive integer, got 2.5"),
+    ("GridMaze-v0", {"wall_penalty": -1.0}, r"wall_penalty must be finite and >= 0, got"),
+    ("CueReward-v0", {"reward": float("nan")}, r"reward must be finite"),
+    ("GridMaze-v0", {"maze_size": 10}, r"maze_size must be an odd integer >= 5, got 10; use"),
+    ("CueReward-v0", {"cue_bits": 1}, r"cue_bits=1 is too small for n_cues=4"),
+    ("CueReward-v0", {"n_cues": 1}, r"n_cues must be an integer >= 2, got 1"),
+  ],
 )
 def test_invalid_values(env_id, kwargs, match):
   with pytest.raises(ValueError, match=match):

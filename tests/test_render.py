@@ -21,7 +21,7 @@ def test_maze_gif(tmp_path):
   with Image.open(path) as image:
     assert image.n_frames == _N_FRAMES
   path = render.save_maze_gif(
-      env, states.pos, tmp_path / "path.gif", reward_pos=states.reward_pos[0]
+    env, states.pos, tmp_path / "path.gif", reward_pos=states.reward_pos[0]
   )
   with Image.open(path) as image:
     assert image.n_frames == _N_FRAMES
@@ -37,7 +37,7 @@ def test_draw_maze_and_cue_reward_png(tmp_path):
   episode = slice(0, params.max_steps_in_episode)
   states = jax.tree.map(lambda x: x[episode], states)
   render.plot_cue_reward_episode(
-      env, states, actions[episode], rewards[episode], tmp_path / "cue.png"
+    env, states, actions[episode], rewards[episode], tmp_path / "cue.png"
   )
   for name in ("maze.png", "cue.png"):
     assert (tmp_path / name).stat().st_size > 0

@@ -8,17 +8,22 @@ import numpy as np
 import pytest
 from absl import flags
 
-from train import a2c
-from train import a2c_learner
-from train import a2c_train
+from train import a2c_learner, a2c_train, sweep
 from train import inspect as agent_inspect
 from train import metrics as metrics_lib
-from train import sweep
 from train.a2c_config import HPARAM_FIELDS, a2c_defaults
 
-TINY = dict(hidden_size=8, batch_size=3, episode_length=12, iterations=2,
-            chunk_size=2, checkpoint_every=2, progress=False, fast_compile=True,
-            burn_in=0)
+TINY = dict(
+  hidden_size=8,
+  batch_size=3,
+  episode_length=12,
+  iterations=2,
+  chunk_size=2,
+  checkpoint_every=2,
+  progress=False,
+  fast_compile=True,
+  burn_in=0,
+)
 
 
 def tiny(**overrides):
@@ -33,13 +38,16 @@ def test_parse_sweep_is_the_cartesian_product_last_flag_fastest():
   assert grid[5] == {"learning_rate": 1e-3, "entropy_coef": 0.3}
 
 
-@pytest.mark.parametrize("specs,match", [
+@pytest.mark.parametrize(
+  "specs,match",
+  [
     ([], "--sweep is required"),
     (["hidden_size=8,16"], "cannot be swept.*learning_rate"),
     (["learning_rate"], "NAME=V1,V2"),
     (["learning_rate=1e-3,fast"], "must be a number"),
     (["discount=0.9", "discount=0.99"], "twice"),
-])
+  ],
+)
 def test_parse_sweep_rejects_bad_specs(specs, match):
   with pytest.raises(ValueError, match=match):
     sweep.parse_sweep(specs)
@@ -56,7 +64,9 @@ def test_stack_hparams_one_leaf_per_agent():
   assert all(np.shape(getattr(hp, name)) == (6,) for name in HPARAM_FIELDS)
   np.testing.assert_allclose(hp.learning_rate, [1e-3] * 3 + [1e-2] * 3)
   np.testing.assert_allclose(hp.entropy_coef, [0.05] * 6)
-  assert a2c_learner.hparams_per_agent(hp, 6) and not a2c_learner.hparams_per_agent(config.hparams(), 6)
+  assert a2c_learner.hparams_per_agent(hp, 6) and not a2c_learner.hparams_per_agent(
+    config.hparams(), 6
+  )
   with pytest.raises(ValueError, match=r"shape \(4,\)"):
     a2c_learner.hparams_per_agent(hp, 4)
 
@@ -72,8 +82,9 @@ def test_sweep_agents_equal_separate_runs(tmp_path):
   state, _ = a2c_train.restore_state(str(tmp_path / "sweep"))[1:]
   sweep_rows = metrics_lib.read_csv(str(tmp_path / "sweep" / "metrics.csv"))
   # Agent 3 = setting 1 (lr 3e-2), key(seed + 3): the same as a run of its own.
-  alone, alone_rows = a2c_train.train_and_evaluate(tiny(learning_rate=3e-2, seed=3),
-                                             str(tmp_path / "alone"))
+  alone, alone_rows = a2c_train.train_and_evaluate(
+    tiny(learning_rate=3e-2, seed=3), str(tmp_path / "alone")
+  )
   for x, y in zip(jax.tree.leaves(state), jax.tree.leaves(alone), strict=True):
     np.testing.assert_allclose(np.asarray(x)[3], np.asarray(y)[0], rtol=2e-5, atol=1e-6)
   assert [r["reward_seed3"] for r in sweep_rows] == [r["reward_seed0"] for r in alone_rows]
@@ -104,13 +115,17 @@ def test_agent_hparams_and_inspect_use_the_agents_own_setting(tmp_path):
   sweep.run_sweep(tiny(num_seeds=1), grid, workdir)
   config = a2c_train.restore_state(workdir)[0]
   assert [float(sweep.agent_hparams(config, workdir, a).clip_value) for a in (0, 1)] == [
-      pytest.approx(0.01), 10.0]
+    pytest.approx(0.01),
+    10.0,
+  ]
   assert float(sweep.agent_hparams(config, str(tmp_path / "nope"), 1).clip_value) == (
-      config.clip_value)  # Not a sweep: the config's own values.
+    config.clip_value
+  )  # Not a sweep: the config's own values.
   own = agent_inspect.run_episode(workdir, seed_index=1)[2]
   # The same agent's weights under the other setting's clip value behave differently.
-  (tmp_path / "sweep.json").write_text(json.dumps(
-      {"grid": [grid[0], grid[0]], "seeds_per_setting": 1}))
+  (tmp_path / "sweep.json").write_text(
+    json.dumps({"grid": [grid[0], grid[0]], "seeds_per_setting": 1})
+  )
   other = agent_inspect.run_episode(workdir, seed_index=1)[2]
   assert not np.allclose(own["value"], other["value"])
 
@@ -123,17 +138,24 @@ def parse(*args):
 
 
 def test_flags(tmp_path):
-  grid, config = sweep.grid_and_config_from_flags(parse(
-      f"--workdir={tmp_path}", "--network=rnn", "--num_seeds=2",
-      "--sweep=learning_rate=1e-4,1e-3", "--sweep=clip_value=1,2"))
+  grid, config = sweep.grid_and_config_from_flags(
+    parse(
+      f"--workdir={tmp_path}",
+      "--network=rnn",
+      "--num_seeds=2",
+      "--sweep=learning_rate=1e-4,1e-3",
+      "--sweep=clip_value=1,2",
+    )
+  )
   assert len(grid) == 4 and config.network == "rnn" and config.num_seeds == 2
   with pytest.raises(ValueError, match="cannot be swept"):
     sweep.grid_and_config_from_flags(parse(f"--workdir={tmp_path}", "--sweep=batch_size=3,4"))
   with pytest.raises(ValueError, match="--sweep is required"):
     sweep.grid_and_config_from_flags(parse(f"--workdir={tmp_path}"))
   # --resume alone: the grid and seeds per setting come from sweep.json.
-  (tmp_path / "sweep.json").write_text(json.dumps(
-      {"grid": [{"discount": 0.8}, {"discount": 0.9}], "seeds_per_setting": 3}))
+  (tmp_path / "sweep.json").write_text(
+    json.dumps({"grid": [{"discount": 0.8}, {"discount": 0.9}], "seeds_per_setting": 3})
+  )
   (tmp_path / "config.json").write_text(tiny(num_seeds=6).to_json())
   grid, config = sweep.grid_and_config_from_flags(parse(f"--workdir={tmp_path}", "--resume"))
   assert grid == [{"discount": 0.8}, {"discount": 0.9}]

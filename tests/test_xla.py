@@ -31,5 +31,6 @@ def test_options_compile_and_give_the_same_numbers():
   """The batch-axis sum the option exists for: same result with and without it."""
   x = jax.random.normal(jax.random.key(0), (8, 16, 16))
   f = lambda x: jnp.sum(x * x, axis=0)
-  np.testing.assert_allclose(jax.jit(f, compiler_options=xla.compiler_options())(x),
-                             jax.jit(f)(x), rtol=1e-6)
+  np.testing.assert_allclose(
+    jax.jit(f, compiler_options=xla.compiler_options())(x), jax.jit(f)(x), rtol=1e-6
+  )

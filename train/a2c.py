@@ -17,15 +17,15 @@ import os
 
 from train import flags as flags_lib
 from train import run as run_lib
-from train.a2c_config import A2CConfig, CHOICES, a2c_defaults
+from train.a2c_config import CHOICES, A2CConfig, a2c_defaults
 from train.a2c_train import load_config, train_and_evaluate
 
 
 def define_flags(flag_values=None) -> None:
   """Defines one flag per A2CConfig field (default None: the paper default)."""
   flags_lib.define_config_flags(
-      A2CConfig, CHOICES, flag_values,
-      lambda field: "CueReward-v0" if field.name == "env" else None)
+    A2CConfig, CHOICES, flag_values, lambda field: "CueReward-v0" if field.name == "env" else None
+  )
 
 
 def config_from_flags(flag_values) -> A2CConfig:
@@ -44,7 +44,8 @@ def config_from_flags(flag_values) -> A2CConfig:
       given[field.name] = value
   flags_lib.require_workdir(flag_values)
   saved = flags_lib.saved_config_for_resume(
-      flag_values, run_lib.CONFIG_JSON, lambda path: load_config(os.path.dirname(path)).to_dict())
+    flag_values, run_lib.CONFIG_JSON, lambda path: load_config(os.path.dirname(path)).to_dict()
+  )
   with flags_lib.as_flag_errors(A2CConfig):
     if saved is not None:  # --resume: what is not given comes from the saved run.
       if flag_values["env"].present:

@@ -38,15 +38,26 @@ ENV_IDS: tuple[str, ...] = envs.registered_envs
 
 # The allowed values of each choice field.
 CHOICES: dict[str, tuple[str, ...]] = dict(
-    plasticity_config.CHOICES, env=ENV_IDS, entropy_kind=ENTROPY_KINDS,
-    baseline=BASELINES, step_impl=STEP_IMPLS)
+  plasticity_config.CHOICES,
+  env=ENV_IDS,
+  entropy_kind=ENTROPY_KINDS,
+  baseline=BASELINES,
+  step_impl=STEP_IMPLS,
+)
 
 # Fields that only steer the run (how long, how it logs, saves and compiles,
 # which implementation of the same numbers it uses); they may differ between
 # a run and its `--resume`. All other fields must match.
-RUN_CONTROL_FIELDS = ("iterations", "chunk_size", "checkpoint_every",
-                      "keep_checkpoints", "resume", "progress", "fast_compile",
-                      "step_impl")
+RUN_CONTROL_FIELDS = (
+  "iterations",
+  "chunk_size",
+  "checkpoint_every",
+  "keep_checkpoints",
+  "resume",
+  "progress",
+  "fast_compile",
+  "step_impl",
+)
 
 
 @flax.struct.dataclass
@@ -86,16 +97,24 @@ def resolve_step_impl(config: "A2CConfig") -> str:
   if config.step_impl != "auto":
     return config.step_impl
   plasticity = config.plasticity
-  if (plasticity.is_plastic and fused_step.unsupported_reason(plasticity) is None
-      and fused_step.available()):
+  if (
+    plasticity.is_plastic
+    and fused_step.unsupported_reason(plasticity) is None
+    and fused_step.available()
+  ):
     return "fused"
   return "fast"
 
 
 _PlasticFields = derived_fields("_PlasticFields", PlasticityConfig)
-_RunFields = run_fields("_RunFields", "agent", "Iterations", chunk_size=10,
-                        keep_checkpoints=3,
-                        resume_help="Continue from the latest checkpoint in the workdir.")
+_RunFields = run_fields(
+  "_RunFields",
+  "agent",
+  "Iterations",
+  chunk_size=10,
+  keep_checkpoints=3,
+  resume_help="Continue from the latest checkpoint in the workdir.",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,26 +128,27 @@ class A2CConfig(ConfigMixin, _RunFields, _PlasticFields):
   # --- Task.
   env: str = field("CueReward-v0", "Environment id (see `envs.make`).")
   episode_length: int = field(
-      120, "T, steps per episode (the env's max_steps_in_episode); one "
-      "episode per iteration.")
-  maze_size: int = field(
-      9, "GridMaze only: odd side length (papers 9, reference README 13).")
+    120, "T, steps per episode (the env's max_steps_in_episode); one episode per iteration."
+  )
+  maze_size: int = field(9, "GridMaze only: odd side length (papers 9, reference README 13).")
   env_reward: Optional[float] = field(
-      None, "Reward magnitude of the task (maze 10); None: the env's default.")
+    None, "Reward magnitude of the task (maze 10); None: the env's default."
+  )
   # --- Network (SPEC.md §3.4; the plasticity variant fields are derived).
   hidden_size: int = field(200, "H, recurrent neurons.")
-  eta_init: float = field(
-      0.1, "Initial eta: Hebbian rate (plastic) / eligibility rate (retromod).")
+  eta_init: float = field(0.1, "Initial eta: Hebbian rate (plastic) / eligibility rate (retromod).")
   init_scale: float = field(0.01, "W, alpha ~ U(0, init_scale).")
   clip_value: float = field(1.0, "Hebbian trace bound c (traced hparam).")
   step_impl: str = field(
-      "auto", "Plastic step: fused (C++ CPU kernels for the papers' "
-      "configurations: alpha full, rule clip, one tanh modulator; equal to "
-      "float32 rounding; ~2-3x faster than fast) | fast (custom VJP: same "
-      "numbers as reference, less memory) | reference (plain autodiff) | auto "
-      "(fused where it applies and builds, i.e. on CPU, else fast; resolved "
-      "when the run starts and recorded in config.json). Run control: a resumed "
-      "run may use another.")
+    "auto",
+    "Plastic step: fused (C++ CPU kernels for the papers' "
+    "configurations: alpha full, rule clip, one tanh modulator; equal to "
+    "float32 rounding; ~2-3x faster than fast) | fast (custom VJP: same "
+    "numbers as reference, less memory) | reference (plain autodiff) | auto "
+    "(fused where it applies and builds, i.e. on CPU, else fast; resolved "
+    "when the run starts and recorded in config.json). Run control: a resumed "
+    "run may use another.",
+  )
   # --- A2C and optimiser (SPEC.md §5.3; the floats are traced, see A2CHParams).
   batch_size: int = field(30, "B, episodes per iteration.")
   learning_rate: float = field(1e-4, "Adam step size.")
@@ -136,50 +156,70 @@ class A2CConfig(ConfigMixin, _RunFields, _PlasticFields):
   grad_clip_norm: float = field(2.0, "Global gradient-norm clip.")
   discount: float = field(0.9, "gamma in R_t = r_t + gamma R_{t+1}.")
   value_coef: float = field(0.1, "Weight of the value loss.")
-  entropy_coef: float = field(
-      0.1, "Weight of the concentration penalty (or of the entropy bonus).")
+  entropy_coef: float = field(0.1, "Weight of the concentration penalty (or of the entropy bonus).")
   entropy_kind: str = field(
-      "concentration", "concentration: +coef sum_a pi(a)^2 (reference); "
-      "entropy: -coef H(pi).")
+    "concentration", "concentration: +coef sum_a pi(a)^2 (reference); entropy: -coef H(pi)."
+  )
   baseline: str = field(
-      "batch0", "A2C baseline (SPEC.md §5.3): batch0 (the reference code: every "
-      "episode's advantage uses V_t of batch element 0; cue-reward learns with "
-      "it) | own (each episode's own V_t).")
+    "batch0",
+    "A2C baseline (SPEC.md §5.3): batch0 (the reference code: every "
+    "episode's advantage uses V_t of batch element 0; cue-reward learns with "
+    "it) | own (each episode's own V_t).",
+  )
   burn_in: int = field(
-      101, "First iterations compute but do not apply gradients (the reference: "
-      "101; 0: off).")
-  remat: bool = field(
-      False, "Recompute the rollout step in the backward pass (jax.checkpoint).")
+    101, "First iterations compute but do not apply gradients (the reference: 101; 0: off)."
+  )
+  remat: bool = field(False, "Recompute the rollout step in the backward pass (jax.checkpoint).")
   batch_groups: int = field(
-      1, "G: roll out and backpropagate the B episodes as G sequential groups of "
-      "B/G (gradients averaged; same loss). Smaller [B/G, H, H] traces stay in the "
-      "CPU cache: faster plastic networks on CPU. G > 1 draws other random numbers "
-      "than G = 1; with baseline=batch0 each group uses its own element 0.")
+    1,
+    "G: roll out and backpropagate the B episodes as G sequential groups of "
+    "B/G (gradients averaged; same loss). Smaller [B/G, H, H] traces stay in the "
+    "CPU cache: faster plastic networks on CPU. G > 1 draws other random numbers "
+    "than G = 1; with baseline=batch0 each group uses its own element 0.",
+  )
   # --- Run control.
   # (and seed, num_seeds, chunk_size, keep_checkpoints, resume, progress).
   iterations: int = field(1000, "Training iterations (one batch of episodes each).")
   checkpoint_every: int = field(100, "Iterations between checkpoints.")
   fast_compile: bool = field(
-      False, "Compile with XLA backend optimisation level 0: about half the "
-      "compile time, slower steps. For tiny runs, tests and CI.")
+    False,
+    "Compile with XLA backend optimisation level 0: about half the "
+    "compile time, slower steps. For tiny runs, tests and CI.",
+  )
 
   def __post_init__(self):
     check_fields(
-        self, CHOICES,
-        {1: ("episode_length", "hidden_size", "num_modulators", "batch_size",
-             "iterations", "num_seeds", "chunk_size", "checkpoint_every",
-             "keep_checkpoints", "batch_groups"),
-         0: ("burn_in", "seed")},
-        positive=("learning_rate", "adam_eps", "grad_clip_norm", "clip_value",
-                  "init_scale"),
-        nonnegative=("value_coef", "entropy_coef", "eta_init", "discount"))
+      self,
+      CHOICES,
+      {
+        1: (
+          "episode_length",
+          "hidden_size",
+          "num_modulators",
+          "batch_size",
+          "iterations",
+          "num_seeds",
+          "chunk_size",
+          "checkpoint_every",
+          "keep_checkpoints",
+          "batch_groups",
+        ),
+        0: ("burn_in", "seed"),
+      },
+      positive=("learning_rate", "adam_eps", "grad_clip_norm", "clip_value", "init_scale"),
+      nonnegative=("value_coef", "entropy_coef", "eta_init", "discount"),
+    )
     if self.batch_size % self.batch_groups:
-      raise ValueError(f"batch_groups={self.batch_groups} must divide batch_size="
-                       f"{self.batch_size}: each group rolls out batch_size / "
-                       "batch_groups episodes.")
+      raise ValueError(
+        f"batch_groups={self.batch_groups} must divide batch_size="
+        f"{self.batch_size}: each group rolls out batch_size / "
+        "batch_groups episodes."
+      )
     if self.maze_size < 5 or self.maze_size % 2 == 0 or isinstance(self.maze_size, bool):
-      raise ValueError(f"maze_size={self.maze_size!r} is invalid: it must be an odd "
-                       "integer >= 5 (papers: 9, reference README: 13).")
+      raise ValueError(
+        f"maze_size={self.maze_size!r} is invalid: it must be an odd "
+        "integer >= 5 (papers: 9, reference README: 13)."
+      )
     if self.discount > 1.0:
       raise ValueError(f"discount={self.discount!r} is invalid: it must be in [0, 1].")
     if self.env_reward is not None:
@@ -217,18 +257,39 @@ A2CConfig.SAVED_BEFORE_FIELD_EXISTED = {"baseline": "own", "eta_kind": "scalar"}
 
 # Paper / reference settings per environment (SPEC.md §5.1, §5.2).
 _CUE_REWARD = dict(
-    episode_length=120, hidden_size=200, batch_size=30, learning_rate=1e-4,
-    adam_eps=1e-6, grad_clip_norm=2.0, discount=0.9, value_coef=0.1,
-    entropy_coef=0.1, clip_value=1.0, eta_init=0.1, init_scale=0.01)
+  episode_length=120,
+  hidden_size=200,
+  batch_size=30,
+  learning_rate=1e-4,
+  adam_eps=1e-6,
+  grad_clip_norm=2.0,
+  discount=0.9,
+  value_coef=0.1,
+  entropy_coef=0.1,
+  clip_value=1.0,
+  eta_init=0.1,
+  init_scale=0.01,
+)
 
 PAPER_DEFAULTS: dict[str, dict[str, Any]] = {
-    "CueReward-v0": dict(_CUE_REWARD),
-    "CueRewardFixedCues-v0": dict(_CUE_REWARD),
-    "GridMaze-v0": dict(
-        episode_length=200, hidden_size=100, maze_size=9, env_reward=10.0,
-        batch_size=30, learning_rate=1e-4, adam_eps=1e-4, grad_clip_norm=4.0,
-        discount=0.9, value_coef=0.1, entropy_coef=0.03, clip_value=1.0,
-        eta_init=0.01, init_scale=0.01),
+  "CueReward-v0": dict(_CUE_REWARD),
+  "CueRewardFixedCues-v0": dict(_CUE_REWARD),
+  "GridMaze-v0": dict(
+    episode_length=200,
+    hidden_size=100,
+    maze_size=9,
+    env_reward=10.0,
+    batch_size=30,
+    learning_rate=1e-4,
+    adam_eps=1e-4,
+    grad_clip_norm=4.0,
+    discount=0.9,
+    value_coef=0.1,
+    entropy_coef=0.03,
+    clip_value=1.0,
+    eta_init=0.01,
+    init_scale=0.01,
+  ),
 }
 
 

@@ -33,8 +33,13 @@ import optax
 
 import envs
 from bpm_jax.agents import ActorCritic
-from train.a2c_config import (A2CConfig, A2CHParams, HPARAM_FIELDS, RUN_CONTROL_FIELDS,
-                              resolve_step_impl)
+from train.a2c_config import (
+  HPARAM_FIELDS,
+  RUN_CONTROL_FIELDS,
+  A2CConfig,
+  A2CHParams,
+  resolve_step_impl,
+)
 from train.a2c_loss import a2c_loss, policy_terms, regulariser
 
 Array = jax.Array
@@ -110,9 +115,15 @@ class A2CSpec:
   def agent(self, clip_value: Any) -> ActorCritic:
     """The agent module, with the (possibly traced) trace bound `clip_value`."""
     c = self.config
-    return ActorCritic(num_actions=self.num_actions, hidden_size=c.hidden_size,
-                       config=c.plasticity, clip_value=clip_value, eta_init=c.eta_init,
-                       init_scale=c.init_scale, step_impl=c.step_impl)
+    return ActorCritic(
+      num_actions=self.num_actions,
+      hidden_size=c.hidden_size,
+      config=c.plasticity,
+      clip_value=clip_value,
+      eta_init=c.eta_init,
+      init_scale=c.init_scale,
+      step_impl=c.step_impl,
+    )
 
 
 def static_config(config: A2CConfig) -> A2CConfig:
@@ -120,8 +131,9 @@ def static_config(config: A2CConfig) -> A2CConfig:
   neutral = A2CConfig()
   fields = tuple(f for f in RUN_CONTROL_FIELDS if f != "step_impl")
   fields += HPARAM_FIELDS + ("seed", "num_seeds")
-  return config.replace(**{f: getattr(neutral, f) for f in fields},
-                        step_impl=resolve_step_impl(config))
+  return config.replace(
+    **{f: getattr(neutral, f) for f in fields}, step_impl=resolve_step_impl(config)
+  )
 
 
 def make_spec(config: A2CConfig) -> A2CSpec:
@@ -133,9 +145,13 @@ def make_spec(config: A2CConfig) -> A2CSpec:
 @functools.lru_cache(maxsize=32)
 def _make_spec(config: A2CConfig) -> A2CSpec:
   env, env_params = envs.make(config.env, **config.env_kwargs())
-  return A2CSpec(config=config, env=env, env_params=env_params,
-                 obs_size=env.observation_space(env_params).shape[0],
-                 num_actions=env.action_space(env_params).n)
+  return A2CSpec(
+    config=config,
+    env=env,
+    env_params=env_params,
+    obs_size=env.observation_space(env_params).shape[0],
+    num_actions=env.action_space(env_params).n,
+  )
 
 
 def replays_rollout(spec: A2CSpec) -> bool:
@@ -153,8 +169,9 @@ def replays_rollout(spec: A2CSpec) -> bool:
 def make_optimizer(hparams: A2CHParams) -> optax.GradientTransformation:
   """clip_by_global_norm then Adam, from (possibly traced) hyperparameters."""
   return optax.chain(
-      optax.clip_by_global_norm(hparams.grad_clip_norm),
-      optax.adam(hparams.learning_rate, eps=hparams.adam_eps))
+    optax.clip_by_global_norm(hparams.grad_clip_norm),
+    optax.adam(hparams.learning_rate, eps=hparams.adam_eps),
+  )
 
 
 def _typed_key(key: Array) -> Array:
@@ -176,15 +193,25 @@ def init(spec: A2CSpec, key: Array, hparams: A2CHParams) -> A2CTrainState:
   """Fresh agent parameters and optimiser state for one agent."""
   key_params, key_train = jax.random.split(_typed_key(key))
   agent = spec.agent(hparams.clip_value)
-  params = agent.init(key_params, agent.initialize_carry((1,)),
-                      jnp.zeros((1, spec.obs_size), jnp.float32))
-  return A2CTrainState(params=params, opt_state=make_optimizer(hparams).init(params),
-                       key=jax.random.key_data(key_train),
-                       iteration=jnp.zeros((), jnp.int32))
+  params = agent.init(
+    key_params, agent.initialize_carry((1,)), jnp.zeros((1, spec.obs_size), jnp.float32)
+  )
+  return A2CTrainState(
+    params=params,
+    opt_state=make_optimizer(hparams).init(params),
+    key=jax.random.key_data(key_train),
+    iteration=jnp.zeros((), jnp.int32),
+  )
 
 
-def rollout(spec: A2CSpec, params: PyTree, key: Array, hparams: A2CHParams,
-            batch_size: int, record: bool = False) -> Trajectory:
+def rollout(
+  spec: A2CSpec,
+  params: PyTree,
+  key: Array,
+  hparams: A2CHParams,
+  batch_size: int,
+  record: bool = False,
+) -> Trajectory:
   """B fresh episodes of exactly T steps; differentiable w.r.t. `params`.
 
   `record`: also keep the env states and infos (for pictures).
@@ -193,7 +220,8 @@ def rollout(spec: A2CSpec, params: PyTree, key: Array, hparams: A2CHParams,
   agent = spec.agent(hparams.clip_value)
   key_reset, key_steps = jax.random.split(key)
   obs, env_state = jax.vmap(env.reset, in_axes=(0, None))(
-      jax.random.split(key_reset, batch_size), env_params)
+    jax.random.split(key_reset, batch_size), env_params
+  )
   carry = agent.initialize_carry((batch_size,))
 
   def step(step_carry, key_t):
@@ -203,25 +231,32 @@ def rollout(spec: A2CSpec, params: PyTree, key: Array, hparams: A2CHParams,
     action = jax.random.categorical(key_action, logits)  # [B]
     # `step_env`, not `step`: every episode is exactly T steps long, so the
     # auto-reset of `env.step` (a full reset per step) is never wanted.
-    next_obs, next_env_state, reward, _, info = jax.vmap(
-        env.step_env, in_axes=(0, 0, 0, None))(
-            jax.random.split(key_env, batch_size), env_state, action, env_params)
+    next_obs, next_env_state, reward, _, info = jax.vmap(env.step_env, in_axes=(0, 0, 0, None))(
+      jax.random.split(key_env, batch_size), env_state, action, env_params
+    )
     out = Trajectory(
-        **policy_terms(logits, action), value=value, reward=reward,
-        action=action.astype(jnp.int32), modulation=m, obs=obs,
-        env_state=env_state if record else None,
-        info=info if record else None)
+      **policy_terms(logits, action),
+      value=value,
+      reward=reward,
+      action=action.astype(jnp.int32),
+      modulation=m,
+      obs=obs,
+      env_state=env_state if record else None,
+      info=info if record else None,
+    )
     return (agent_carry, next_env_state, next_obs), out
 
   if spec.config.remat:
     step = jax.checkpoint(step, prevent_cse=False)
-  _, trajectory = jax.lax.scan(step, (carry, env_state, obs),
-                               jax.random.split(key_steps, spec.config.episode_length))
+  _, trajectory = jax.lax.scan(
+    step, (carry, env_state, obs), jax.random.split(key_steps, spec.config.episode_length)
+  )
   return trajectory
 
 
-def replay(spec: A2CSpec, params: PyTree, trajectory: Trajectory,
-           hparams: A2CHParams) -> Trajectory:
+def replay(
+  spec: A2CSpec, params: PyTree, trajectory: Trajectory, hparams: A2CHParams
+) -> Trajectory:
   """The agent's outputs on the recorded observations, as one sequence call.
 
   The same numbers as the rollout's (the same kernel arithmetic; the dense
@@ -231,12 +266,12 @@ def replay(spec: A2CSpec, params: PyTree, trajectory: Trajectory,
   agent = spec.agent(hparams.clip_value)
   carry = agent.initialize_carry(trajectory.obs.shape[1:2])
   _, (logits, value, m) = agent.apply(params, carry, trajectory.obs, sequence=True)
-  return trajectory.replace(**policy_terms(logits, trajectory.action), value=value,
-                            modulation=m)
+  return trajectory.replace(**policy_terms(logits, trajectory.action), value=value, modulation=m)
 
 
-def loss(spec: A2CSpec, params: PyTree, key: Array, hparams: A2CHParams,
-         batch_size: Optional[int] = None) -> tuple[Array, tuple[dict, Trajectory]]:
+def loss(
+  spec: A2CSpec, params: PyTree, key: Array, hparams: A2CHParams, batch_size: Optional[int] = None
+) -> tuple[Array, tuple[dict, Trajectory]]:
   """The rollout of one iteration and its A2C loss.
 
   Args:
@@ -253,25 +288,34 @@ def loss(spec: A2CSpec, params: PyTree, key: Array, hparams: A2CHParams,
     trajectory = replay(spec, params, trajectory, hparams)
   else:
     trajectory = rollout(spec, params, key, hparams, batch_size)
-  terms = a2c_loss(trajectory.log_prob, trajectory.value, trajectory.reward,
-                   regulariser(trajectory, config.entropy_kind), hparams.discount,
-                   hparams.value_coef, hparams.entropy_coef, config.baseline)
-  aux = dict(terms._asdict(),
-             reward=jnp.mean(jnp.sum(trajectory.reward, axis=0)),
-             modulation_abs=jnp.mean(jnp.abs(trajectory.modulation)))
+  terms = a2c_loss(
+    trajectory.log_prob,
+    trajectory.value,
+    trajectory.reward,
+    regulariser(trajectory, config.entropy_kind),
+    hparams.discount,
+    hparams.value_coef,
+    hparams.entropy_coef,
+    config.baseline,
+  )
+  aux = dict(
+    terms._asdict(),
+    reward=jnp.mean(jnp.sum(trajectory.reward, axis=0)),
+    modulation_abs=jnp.mean(jnp.abs(trajectory.modulation)),
+  )
   return terms.loss, (aux, trajectory)
 
 
-def grads(spec: A2CSpec, params: PyTree, key: Array,
-          hparams: A2CHParams) -> tuple[PyTree, dict]:
+def grads(spec: A2CSpec, params: PyTree, key: Array, hparams: A2CHParams) -> tuple[PyTree, dict]:
   """(gradient of the batch loss, metrics); with `batch_groups` G > 1 the
   mean over G sequential groups of B/G episodes (G-fold less BPTT memory)."""
   groups = spec.config.batch_groups
   group_size = spec.config.batch_size // groups
 
   def group_grad(group_key):
-    g, (aux, _) = jax.grad(loss, argnums=1, has_aux=True)(spec, params, group_key,
-                                                          hparams, group_size)
+    g, (aux, _) = jax.grad(loss, argnums=1, has_aux=True)(
+      spec, params, group_key, hparams, group_size
+    )
     return g, aux
 
   if groups == 1:
@@ -280,14 +324,12 @@ def grads(spec: A2CSpec, params: PyTree, key: Array,
   def accumulate(total, group_key):
     return jax.tree.map(jnp.add, total, group_grad(group_key)), None
 
-  zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype),
-                       jax.eval_shape(group_grad, key))
+  zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), jax.eval_shape(group_grad, key))
   total, _ = jax.lax.scan(accumulate, zeros, jax.random.split(key, groups))
   return jax.tree.map(lambda x: x / groups, total)
 
 
-def update(spec: A2CSpec, state: A2CTrainState,
-           hparams: A2CHParams) -> tuple[A2CTrainState, dict]:
+def update(spec: A2CSpec, state: A2CTrainState, hparams: A2CHParams) -> tuple[A2CTrainState, dict]:
   """One iteration: rollout, gradient, Adam step (not applied during burn-in).
 
   Returns:
@@ -300,27 +342,31 @@ def update(spec: A2CSpec, state: A2CTrainState,
   burn_in = spec.config.burn_in
   if burn_in > 0:
     apply = state.iteration >= burn_in
-    params, opt_state = jax.tree.map(lambda new, old: jnp.where(apply, new, old),
-                                     (params, opt_state),
-                                     (state.params, state.opt_state))
+    params, opt_state = jax.tree.map(
+      lambda new, old: jnp.where(apply, new, old),
+      (params, opt_state),
+      (state.params, state.opt_state),
+    )
   grad_norm = optax.tree.norm(g)
-  metrics = dict(aux, grad_norm=grad_norm,
-                 finite=jnp.isfinite(aux["loss"]) & jnp.isfinite(grad_norm)
-                 & _all_finite(params))
-  new_state = A2CTrainState(params=params, opt_state=opt_state,
-                            key=jax.random.key_data(key), iteration=state.iteration + 1)
+  metrics = dict(
+    aux,
+    grad_norm=grad_norm,
+    finite=jnp.isfinite(aux["loss"]) & jnp.isfinite(grad_norm) & _all_finite(params),
+  )
+  new_state = A2CTrainState(
+    params=params, opt_state=opt_state, key=jax.random.key_data(key), iteration=state.iteration + 1
+  )
   return new_state, metrics
 
 
-def run(spec: A2CSpec, state: A2CTrainState, hparams: A2CHParams,
-        num_iterations: int) -> tuple[A2CTrainState, dict]:
+def run(
+  spec: A2CSpec, state: A2CTrainState, hparams: A2CHParams, num_iterations: int
+) -> tuple[A2CTrainState, dict]:
   """`num_iterations` updates in one `lax.scan`; metrics leaves [N]."""
-  return jax.lax.scan(lambda s, _: update(spec, s, hparams), state, None,
-                      length=num_iterations)
+  return jax.lax.scan(lambda s, _: update(spec, s, hparams), state, None, length=num_iterations)
 
 
-def make_train(config: A2CConfig
-               ) -> Callable[[Array, A2CHParams], tuple[A2CTrainState, dict]]:
+def make_train(config: A2CConfig) -> Callable[[Array, A2CHParams], tuple[A2CTrainState, dict]]:
   """`train(key, hparams) -> (final A2CTrainState, metrics [iterations])`.
 
   The whole run is one pure function: jit it, vmap it over keys (seeds) and
@@ -346,6 +392,7 @@ def hparams_per_agent(hparams: A2CHParams, num_seeds: int) -> bool:
   if all(shape == (num_seeds,) for shape in shapes.values()):
     return True
   raise ValueError(
-      f"hparams leaves must all be scalars (one setting for every agent) or all "
-      f"have shape ({num_seeds},) (one per agent, num_seeds={num_seeds}); got "
-      f"{ {name: tuple(shape) for name, shape in shapes.items()} }.")
+    f"hparams leaves must all be scalars (one setting for every agent) or all "
+    f"have shape ({num_seeds},) (one per agent, num_seeds={num_seeds}); got "
+    f"{ {name: tuple(shape) for name, shape in shapes.items()} }."
+  )

@@ -50,9 +50,16 @@ class LossTerms(NamedTuple):
   entropy_loss: Array  # [] coef * sum_t penalty_t / T (penalty: sum pi^2 or -H).
 
 
-def a2c_loss(log_prob: Array, value: Array, reward: Array, penalty: Array,
-             discount: Array | float, value_coef: Array | float,
-             entropy_coef: Array | float, baseline: str = "batch0") -> LossTerms:
+def a2c_loss(
+  log_prob: Array,
+  value: Array,
+  reward: Array,
+  penalty: Array,
+  discount: Array | float,
+  value_coef: Array | float,
+  entropy_coef: Array | float,
+  baseline: str = "batch0",
+) -> LossTerms:
   """The A2C loss of SPEC.md §5.3 for a batch of whole episodes.
 
   Args:
@@ -72,8 +79,10 @@ def a2c_loss(log_prob: Array, value: Array, reward: Array, penalty: Array,
     LossTerms; `loss` = mean_b (policy + coef * penalty + value_coef * value) / T.
   """
   if not (log_prob.ndim == value.ndim == reward.ndim == penalty.ndim == 2):
-    raise ValueError("a2c_loss expects [T, B] arrays, got shapes "
-                     f"{log_prob.shape}, {value.shape}, {reward.shape}, {penalty.shape}.")
+    raise ValueError(
+      "a2c_loss expects [T, B] arrays, got shapes "
+      f"{log_prob.shape}, {value.shape}, {reward.shape}, {penalty.shape}."
+    )
   if baseline not in BASELINES:
     raise ValueError(f"baseline={baseline!r}; choose one of {', '.join(BASELINES)}.")
   num_steps = reward.shape[0]
@@ -85,9 +94,12 @@ def a2c_loss(log_prob: Array, value: Array, reward: Array, penalty: Array,
   policy_loss = jnp.mean(policy) / num_steps
   value_loss = jnp.mean(value_sq) / num_steps
   entropy_loss = jnp.mean(reg) / num_steps
-  return LossTerms(loss=policy_loss + entropy_loss + value_coef * value_loss,
-                   policy_loss=policy_loss, value_loss=value_loss,
-                   entropy_loss=entropy_loss)
+  return LossTerms(
+    loss=policy_loss + entropy_loss + value_coef * value_loss,
+    policy_loss=policy_loss,
+    value_loss=value_loss,
+    entropy_loss=entropy_loss,
+  )
 
 
 def regulariser(trajectory, entropy_kind: str) -> Array:
@@ -106,6 +118,8 @@ def policy_terms(logits: Array, action: Array) -> dict[str, Array]:
   """log pi(a), sum_a pi(a)^2 and H(pi) of [..., A] logits at the [...] actions."""
   log_pi = jax.nn.log_softmax(logits)
   pi = jnp.exp(log_pi)
-  return dict(log_prob=jnp.take_along_axis(log_pi, action[..., None], axis=-1)[..., 0],
-              concentration=jnp.sum(pi**2, axis=-1),
-              entropy=-jnp.sum(pi * log_pi, axis=-1))
+  return dict(
+    log_prob=jnp.take_along_axis(log_pi, action[..., None], axis=-1)[..., 0],
+    concentration=jnp.sum(pi**2, axis=-1),
+    entropy=-jnp.sum(pi * log_pi, axis=-1),
+  )

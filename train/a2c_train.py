@@ -20,24 +20,25 @@ from train import a2c_learner as learner_lib
 from train import checkpoint as checkpoint_lib
 from train import metrics as metrics_lib
 from train import run as run_lib
-from train.a2c_config import A2CConfig, A2CHParams, RUN_CONTROL_FIELDS
+from train.a2c_config import RUN_CONTROL_FIELDS, A2CConfig, A2CHParams
 from train.a2c_learner import A2CSpec, A2CTrainState
 
 CURVES_PNG = "curves.png"
 # Per-iteration metrics averaged over the agents (the reward is per agent too).
-_MEAN_METRICS = ("loss", "policy_loss", "value_loss", "entropy_loss", "grad_norm",
-                 "modulation_abs")
+_MEAN_METRICS = ("loss", "policy_loss", "value_loss", "entropy_loss", "grad_norm", "modulation_abs")
 
 
 def _init_fn(spec: A2CSpec, per_agent: bool):
-  return jax.vmap(lambda key, hparams: learner_lib.init(spec, key, hparams),
-                  in_axes=(0, 0 if per_agent else None))
+  return jax.vmap(
+    lambda key, hparams: learner_lib.init(spec, key, hparams), in_axes=(0, 0 if per_agent else None)
+  )
 
 
 def _run_fn(spec: A2CSpec, num_iterations: int, per_agent: bool):
-  return jax.vmap(lambda state, hparams: learner_lib.run(spec, state, hparams,
-                                                         num_iterations),
-                  in_axes=(0, 0 if per_agent else None))
+  return jax.vmap(
+    lambda state, hparams: learner_lib.run(spec, state, hparams, num_iterations),
+    in_axes=(0, 0 if per_agent else None),
+  )
 
 
 def init_state(config: A2CConfig, hparams: Optional[A2CHParams] = None) -> A2CTrainState:
@@ -49,9 +50,13 @@ def init_state(config: A2CConfig, hparams: Optional[A2CHParams] = None) -> A2CTr
   hparams = config.hparams() if hparams is None else hparams
   keys = run_lib.seed_keys(config.seed, config.num_seeds)
   per_agent = learner_lib.hparams_per_agent(hparams, config.num_seeds)
-  fn, _ = run_lib.compiled(("a2c_init", spec.config, per_agent),
-                           lambda: _init_fn(spec, per_agent), keys, hparams,
-                           fast_compile=config.fast_compile)
+  fn, _ = run_lib.compiled(
+    ("a2c_init", spec.config, per_agent),
+    lambda: _init_fn(spec, per_agent),
+    keys,
+    hparams,
+    fast_compile=config.fast_compile,
+  )
   return fn(keys, hparams)
 
 
@@ -62,8 +67,11 @@ def abstract_state(spec: A2CSpec, num_seeds: int) -> A2CTrainState:
 
 
 def metric_fieldnames(num_seeds: int) -> list[str]:
-  return (["iteration"] + [f"reward_seed{s}" for s in range(num_seeds)]
-          + ["reward_median", *_MEAN_METRICS, "env_steps_per_s"])
+  return (
+    ["iteration"]
+    + [f"reward_seed{s}" for s in range(num_seeds)]
+    + ["reward_median", *_MEAN_METRICS, "env_steps_per_s"]
+  )
 
 
 def _rows(metrics: dict, start: int, steps_per_s: float) -> list[dict]:
@@ -86,20 +94,22 @@ def load_config(workdir: str) -> A2CConfig:
     return A2CConfig.from_json(f.read())
 
 
-def restore_state(workdir: str, config: Optional[A2CConfig] = None,
-                  step: Optional[int] = None) -> tuple[A2CConfig, A2CTrainState, int]:
+def restore_state(
+  workdir: str, config: Optional[A2CConfig] = None, step: Optional[int] = None
+) -> tuple[A2CConfig, A2CTrainState, int]:
   """Loads (config, seed-stacked A2CTrainState, iteration) from a workdir's checkpoint."""
   config = config or load_config(workdir)
   spec = learner_lib.make_spec(config)
-  with checkpoint_lib.Checkpointer(os.path.join(workdir, run_lib.CHECKPOINT_DIR),
-                                   config.keep_checkpoints) as ckpt:
+  with checkpoint_lib.Checkpointer(
+    os.path.join(workdir, run_lib.CHECKPOINT_DIR), config.keep_checkpoints
+  ) as ckpt:
     state, metadata = ckpt.restore(abstract_state(spec, config.num_seeds), step)
   return config, state, int(metadata.get("iteration", int(np.asarray(state.iteration)[0])))
 
 
-def train_and_evaluate(config: A2CConfig, workdir: str,
-                       hparams: Optional[A2CHParams] = None
-                       ) -> tuple[A2CTrainState, list[dict[str, Any]]]:
+def train_and_evaluate(
+  config: A2CConfig, workdir: str, hparams: Optional[A2CHParams] = None
+) -> tuple[A2CTrainState, list[dict[str, Any]]]:
   """Trains `config.num_seeds` agents; writes config, metrics, checkpoints, curves.
 
   Args:
@@ -122,20 +132,32 @@ def train_and_evaluate(config: A2CConfig, workdir: str,
   per_agent = learner_lib.hparams_per_agent(hparams, config.num_seeds)
   spec = learner_lib.make_spec(config)
   config = config.replace(step_impl=spec.config.step_impl)  # As used: config.json.
-  with run_lib.Run(workdir, resume=config.resume, keep_checkpoints=config.keep_checkpoints,
-                   unit="iteration", settings=config.to_dict(),
-                   run_control=RUN_CONTROL_FIELDS,
-                   read_saved=A2CConfig.saved_settings) as run:
+  with run_lib.Run(
+    workdir,
+    resume=config.resume,
+    keep_checkpoints=config.keep_checkpoints,
+    unit="iteration",
+    settings=config.to_dict(),
+    run_control=RUN_CONTROL_FIELDS,
+    read_saved=A2CConfig.saved_settings,
+  ) as run:
     state, _ = run.restore_or_init(
-        abstract_state=lambda: abstract_state(spec, config.num_seeds),
-        init=lambda: init_state(config, hparams))
+      abstract_state=lambda: abstract_state(spec, config.num_seeds),
+      init=lambda: init_state(config, hparams),
+    )
     start = int(np.asarray(state.iteration)[0])
     run.write_config(config.to_dict())
-    run.open_metrics(metric_fieldnames(config.num_seeds),
-                     keep=lambda row: int(float(row["iteration"])) < start)
-    print(metrics_lib.format_config(
-        config.to_dict(), f"A2C on {config.env} ({config.network}); paper defaults "
-        f"of {config.env} unless set. Workdir: {run.workdir}"), flush=True)
+    run.open_metrics(
+      metric_fieldnames(config.num_seeds), keep=lambda row: int(float(row["iteration"])) < start
+    )
+    print(
+      metrics_lib.format_config(
+        config.to_dict(),
+        f"A2C on {config.env} ({config.network}); paper defaults "
+        f"of {config.env} unless set. Workdir: {run.workdir}",
+      ),
+      flush=True,
+    )
     if start:
       print(f"Resuming from the checkpoint at iteration {start}.", flush=True)
 
@@ -147,8 +169,12 @@ def train_and_evaluate(config: A2CConfig, workdir: str,
       next_ckpt = (iteration // config.checkpoint_every + 1) * config.checkpoint_every
       n = min(config.chunk_size, next_ckpt - iteration, config.iterations - iteration)
       fn, compile_seconds = run_lib.compiled(
-          ("a2c_run", spec.config, n, per_agent), lambda: _run_fn(spec, n, per_agent),
-          state, hparams, fast_compile=config.fast_compile)
+        ("a2c_run", spec.config, n, per_agent),
+        lambda: _run_fn(spec, n, per_agent),
+        state,
+        hparams,
+        fast_compile=config.fast_compile,
+      )
       if compile_seconds:
         progress.write(f"Compiled the {n}-iteration chunk in {compile_seconds:.1f} s.")
       watch = metrics_lib.Stopwatch()
@@ -156,22 +182,26 @@ def train_and_evaluate(config: A2CConfig, workdir: str,
       chunk_metrics = jax.device_get(chunk_metrics)
       rows = _rows(chunk_metrics, iteration, env_steps * n / watch.lap())
       run.check_finite(
-          chunk_metrics["finite"],  # [S, N]
-          describe=lambda bad, seeds: (f"loss, gradient or parameters at iteration "
-                                       f"{iteration + bad} (seed index {seeds})"),
-          good_rows=lambda bad: rows[:bad], lost="that state was not saved",
-          hint="Lower --learning_rate or --grad_clip_norm, or check the "
-          "hyperparameters.")
+        chunk_metrics["finite"],  # [S, N]
+        describe=lambda bad, seeds: (
+          f"loss, gradient or parameters at iteration {iteration + bad} (seed index {seeds})"
+        ),
+        good_rows=lambda bad: rows[:bad],
+        lost="that state was not saved",
+        hint="Lower --learning_rate or --grad_clip_norm, or check the hyperparameters.",
+      )
       state = new_state
       run.write_rows(rows)
       all_rows += rows
       iteration += n
-      progress.update(n, median_reward=rows[-1]["reward_median"],
-                      env_steps_per_s=rows[-1]["env_steps_per_s"])
+      progress.update(
+        n, median_reward=rows[-1]["reward_median"], env_steps_per_s=rows[-1]["env_steps_per_s"]
+      )
       if iteration % config.checkpoint_every == 0 or iteration == config.iterations:
         run.save(iteration, state, {"iteration": iteration, "config": config.to_dict()})
     run.close_progress()
     if all_rows or os.path.exists(run.metrics_path):
       from train import plot  # pylint: disable=g-import-not-at-top
+
       plot.plot_workdirs([run.workdir], os.path.join(run.workdir, CURVES_PNG))
     return state, all_rows

@@ -48,10 +48,14 @@ class Checkpointer:
   def __init__(self, directory: str, max_to_keep: int = 3):
     self.directory = os.path.abspath(directory)
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=max_to_keep, create=True, cleanup_tmp_directories=True,
-        enable_async_checkpointing=False)
-    self._manager = ocp.CheckpointManager(self.directory, options=options,
-                                          item_names=("state", "metadata"))
+      max_to_keep=max_to_keep,
+      create=True,
+      cleanup_tmp_directories=True,
+      enable_async_checkpointing=False,
+    )
+    self._manager = ocp.CheckpointManager(
+      self.directory, options=options, item_names=("state", "metadata")
+    )
 
   def latest_step(self) -> Optional[int]:
     """The newest complete step, or None if there is none."""
@@ -74,8 +78,9 @@ class Checkpointer:
     if latest is not None and not resume:
       workdir = os.path.dirname(self.directory)
       raise ValueError(
-          f"{workdir} already holds checkpoints (latest: {unit} {latest}); pass "
-          "--resume to continue that run or choose a fresh --workdir.")
+        f"{workdir} already holds checkpoints (latest: {unit} {latest}); pass "
+        "--resume to continue that run or choose a fresh --workdir."
+      )
     return latest
 
   def step_path(self, step: int) -> str:
@@ -83,13 +88,16 @@ class Checkpointer:
 
   def save(self, step: int, state: PyTree, metadata: Optional[dict] = None) -> None:
     """Writes `state` (and JSON-serialisable `metadata`) as `step`; waits until done."""
-    self._manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state),
-        metadata=ocp.args.JsonSave(metadata or {})), force=True)
+    self._manager.save(
+      step,
+      args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), metadata=ocp.args.JsonSave(metadata or {})
+      ),
+      force=True,
+    )
     self._manager.wait_until_finished()
 
-  def restore(self, abstract_state: PyTree,
-              step: Optional[int] = None) -> tuple[PyTree, dict]:
+  def restore(self, abstract_state: PyTree, step: Optional[int] = None) -> tuple[PyTree, dict]:
     """Reads `step` (default: the latest) into the structure of `abstract_state`.
 
     Args:
@@ -112,23 +120,31 @@ class Checkpointer:
     path = self.step_path(step)
     abstract_state = jax.tree.map(_abstract, abstract_state)
     try:
-      restored = self._manager.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(abstract_state),
-          metadata=ocp.args.JsonRestore()))
+      restored = self._manager.restore(
+        step,
+        args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract_state), metadata=ocp.args.JsonRestore()
+        ),
+      )
       state, metadata = restored["state"], restored["metadata"]
       _check_structure(abstract_state, state)
     except Exception as e:  # pylint: disable=broad-except
       raise CheckpointError(
-          f"Could not read the checkpoint at {path} ({type(e).__name__}: {e}). "
-          f"It is corrupt or was written by a different configuration. Delete "
-          f"{path} to fall back to an older checkpoint, or start a fresh "
-          f"workdir.") from e
+        f"Could not read the checkpoint at {path} ({type(e).__name__}: {e}). "
+        f"It is corrupt or was written by a different configuration. Delete "
+        f"{path} to fall back to an older checkpoint, or start a fresh "
+        f"workdir."
+      ) from e
     return state, dict(metadata or {})
 
-  def restore_or_init(self, resume: bool, unit: str,
-                      check_config: Callable[[], None],
-                      abstract_state: Callable[[], PyTree],
-                      init: Callable[[], PyTree]) -> tuple[PyTree, Optional[dict]]:
+  def restore_or_init(
+    self,
+    resume: bool,
+    unit: str,
+    check_config: Callable[[], None],
+    abstract_state: Callable[[], PyTree],
+    init: Callable[[], PyTree],
+  ) -> tuple[PyTree, Optional[dict]]:
     """The latest checkpoint on --resume, else a fresh state: a run's opening.
 
     Args:
@@ -161,8 +177,9 @@ class Checkpointer:
     self.close()
 
 
-def check_same_config(path: str, saved: dict[str, Any], now: dict[str, Any],
-                      ignore: Collection[str] = ()) -> None:
+def check_same_config(
+  path: str, saved: dict[str, Any], now: dict[str, Any], ignore: Collection[str] = ()
+) -> None:
   """Raises ValueError naming every setting of `now` that differs from `saved`.
 
   Args:
@@ -171,12 +188,13 @@ def check_same_config(path: str, saved: dict[str, Any], now: dict[str, Any],
     now: the settings of the run that resumes them.
     ignore: run-control fields free to change on resume (iterations, ...).
   """
-  diff = {k: (saved.get(k), v) for k, v in now.items()
-          if k not in ignore and saved.get(k) != v}
+  diff = {k: (saved.get(k), v) for k, v in now.items() if k not in ignore and saved.get(k) != v}
   if diff:
     details = ", ".join(f"{k}: saved {a!r}, now {b!r}" for k, (a, b) in diff.items())
-    raise ValueError(f"--resume with a config that differs from {path} ({details}). "
-                     "Resume with the same settings or use a fresh workdir.")
+    raise ValueError(
+      f"--resume with a config that differs from {path} ({details}). "
+      "Resume with the same settings or use a fresh workdir."
+    )
 
 
 def _abstract(x: Any) -> Any:
@@ -192,5 +210,4 @@ def _check_structure(expected: PyTree, restored: PyTree) -> None:
     raise ValueError(f"tree structure {got_tree} differs from the expected {exp_tree}")
   for e, g in zip(exp_leaves, got_leaves):
     if tuple(e.shape) != tuple(g.shape) or e.dtype != g.dtype:
-      raise ValueError(f"array {g.shape} {g.dtype} differs from the expected "
-                       f"{e.shape} {e.dtype}")
+      raise ValueError(f"array {g.shape} {g.dtype} differs from the expected {e.shape} {e.dtype}")

@@ -28,9 +28,13 @@ def field(default: Any, help_text: str) -> Any:
   return dataclasses.field(default=default, metadata={"help": help_text})
 
 
-def derived_fields(name: str, source: type, exclude: Sequence[str] = (),
-                   defaults: Optional[Mapping[str, Any]] = None,
-                   helps: Optional[Mapping[str, str]] = None) -> type:
+def derived_fields(
+  name: str,
+  source: type,
+  exclude: Sequence[str] = (),
+  defaults: Optional[Mapping[str, Any]] = None,
+  helps: Optional[Mapping[str, str]] = None,
+) -> type:
   """A frozen dataclass with the fields of dataclass `source` (to inherit from).
 
   Args:
@@ -40,8 +44,9 @@ def derived_fields(name: str, source: type, exclude: Sequence[str] = (),
     defaults, helps: per-field replacements of the default / the help text.
   """
   defaults, helps = dict(defaults or {}), dict(helps or {})
-  unknown = sorted((set(defaults) | set(helps) | set(exclude))
-                   - {f.name for f in dataclasses.fields(source)})
+  unknown = sorted(
+    (set(defaults) | set(helps) | set(exclude)) - {f.name for f in dataclasses.fields(source)}
+  )
   if unknown:
     raise TypeError(f"{source.__name__} has no field(s) {unknown}.")
   spec = []
@@ -50,8 +55,9 @@ def derived_fields(name: str, source: type, exclude: Sequence[str] = (),
       continue
     default = defaults.get(f.name, f.default)
     if default is dataclasses.MISSING:
-      raise TypeError(f"{source.__name__}.{f.name} has no default: give one in "
-                      "`defaults` or `exclude` it.")
+      raise TypeError(
+        f"{source.__name__}.{f.name} has no default: give one in `defaults` or `exclude` it."
+      )
     help_text = helps.get(f.name, f.metadata.get("help", ""))
     spec.append((f.name, f.type, field(default, help_text)))
   return dataclasses.make_dataclass(name, spec, frozen=True)
@@ -90,8 +96,9 @@ class ConfigMixin:
     """The config of `values`; unknown names are an error that lists the known ones."""
     unknown = sorted(set(values) - cls.field_names())
     if unknown:
-      raise ValueError(f"Unknown {cls.__name__} field(s) {unknown}; known: "
-                       f"{sorted(cls.field_names())}.")
+      raise ValueError(
+        f"Unknown {cls.__name__} field(s) {unknown}; known: {sorted(cls.field_names())}."
+      )
     return cls(**values)
 
   @classmethod
@@ -105,8 +112,9 @@ class ConfigMixin:
     return cls.from_dict(cls.saved_settings(json.loads(text)))
 
 
-def run_fields(name: str, agent: str, chunk_unit: str, chunk_size: int,
-               keep_checkpoints: int, resume_help: str) -> type:
+def run_fields(
+  name: str, agent: str, chunk_unit: str, chunk_size: int, keep_checkpoints: int, resume_help: str
+) -> type:
   """A frozen dataclass of the run-control fields every trainer has (to inherit).
 
   Args:
@@ -117,15 +125,15 @@ def run_fields(name: str, agent: str, chunk_unit: str, chunk_size: int,
     resume_help: the help text of `resume`.
   """
   spec = [
-      ("seed", int, field(0, f"{agent.capitalize()} s of num_seeds uses "
-                             "jax.random.key(seed + s).")),
-      ("num_seeds", int, field(1, f"S, independent {agent}s trained in one "
-                                  "vmapped program.")),
-      ("chunk_size", int, field(chunk_size, f"{chunk_unit} per jitted host call "
-                                            "(lax.scan).")),
-      ("keep_checkpoints", int, field(keep_checkpoints,
-                                      "How many of the latest checkpoints to keep.")),
-      ("resume", bool, field(False, resume_help)),
-      ("progress", bool, field(True, "Show a tqdm progress bar (--noprogress: off).")),
+    ("seed", int, field(0, f"{agent.capitalize()} s of num_seeds uses jax.random.key(seed + s).")),
+    ("num_seeds", int, field(1, f"S, independent {agent}s trained in one vmapped program.")),
+    ("chunk_size", int, field(chunk_size, f"{chunk_unit} per jitted host call (lax.scan).")),
+    (
+      "keep_checkpoints",
+      int,
+      field(keep_checkpoints, "How many of the latest checkpoints to keep."),
+    ),
+    ("resume", bool, field(False, resume_help)),
+    ("progress", bool, field(True, "Show a tqdm progress bar (--noprogress: off).")),
   ]
   return dataclasses.make_dataclass(name, spec, frozen=True)

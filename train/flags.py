@@ -18,9 +18,12 @@ import dataclasses
 from typing import Any, Callable, Iterator, Optional
 
 
-def define_config_flags(config_cls: type, choices: dict[str, tuple[str, ...]],
-                        flag_values, default_of: Callable[[dataclasses.Field], Any]
-                        ) -> None:
+def define_config_flags(
+  config_cls: type,
+  choices: dict[str, tuple[str, ...]],
+  flag_values,
+  default_of: Callable[[dataclasses.Field], Any],
+) -> None:
   """Defines `--workdir` and one flag per field of `config_cls`.
 
   Args:
@@ -30,13 +33,17 @@ def define_config_flags(config_cls: type, choices: dict[str, tuple[str, ...]],
     default_of: a field's flag default (e.g. None to mean "the paper's").
   """
   from absl import flags  # pylint: disable=g-import-not-at-top
+
   fv = flag_values if flag_values is not None else flags.FLAGS
   flags.DEFINE_string("workdir", None, "Output directory (required).", flag_values=fv)
   definers = {
-      "bool": flags.DEFINE_bool, "int": flags.DEFINE_integer,
-      "Optional[int]": flags.DEFINE_integer, "float": flags.DEFINE_float,
-      "Optional[float]": flags.DEFINE_float, "str": flags.DEFINE_string,
-      "Optional[str]": flags.DEFINE_string,
+    "bool": flags.DEFINE_bool,
+    "int": flags.DEFINE_integer,
+    "Optional[int]": flags.DEFINE_integer,
+    "float": flags.DEFINE_float,
+    "Optional[float]": flags.DEFINE_float,
+    "str": flags.DEFINE_string,
+    "Optional[str]": flags.DEFINE_string,
   }
   for field in dataclasses.fields(config_cls):
     name, help_text = field.name, field.metadata.get("help", "")
@@ -55,8 +62,9 @@ def require_workdir(flag_values) -> None:
     raise ValueError("--workdir is required: the directory for outputs and checkpoints.")
 
 
-def saved_config_for_resume(flag_values, config_json: str,
-                            read: Callable[[str], dict[str, Any]]) -> dict[str, Any] | None:
+def saved_config_for_resume(
+  flag_values, config_json: str, read: Callable[[str], dict[str, Any]]
+) -> dict[str, Any] | None:
   """On --resume, the settings saved in `--workdir`/`config_json`; else None.
 
   So that `--workdir=DIR --resume` alone continues a run: settings not given
@@ -70,6 +78,7 @@ def saved_config_for_resume(flag_values, config_json: str,
     read: parses the file at a path into a dict of config fields.
   """
   import os  # pylint: disable=g-import-not-at-top
+
   if not flag_values["resume"].value:
     return None
   path = os.path.join(flag_values["workdir"].value, config_json)
@@ -79,9 +88,10 @@ def saved_config_for_resume(flag_values, config_json: str,
     return read(path)
   except (OSError, ValueError, KeyError, TypeError) as e:
     raise ValueError(
-        f"--resume: could not read the saved settings at {path} ({type(e).__name__}: "
-        f"{e}). Repair or delete that file and give every setting as a flag, or "
-        "start a fresh --workdir.") from e
+      f"--resume: could not read the saved settings at {path} ({type(e).__name__}: "
+      f"{e}). Repair or delete that file and give every setting as a flag, or "
+      "start a fresh --workdir."
+    ) from e
 
 
 @contextlib.contextmanager
@@ -104,14 +114,18 @@ def as_flag_errors(config_cls: type) -> Iterator[None]:
 def run_cli(define_flags: Callable[[], None], main: Callable[[list[str]], None]) -> None:
   """An entry point's `if __name__ == "__main__"`: define the flags, run `main`."""
   from absl import app  # pylint: disable=g-import-not-at-top
+
   define_flags()
   app.run(main)
 
 
-def run_main(argv: list[str], config_from_flags: Callable[[Any], Any],
-             train: Callable[[Any, str], Any],
-             run_errors: Optional[tuple[type[BaseException], ...]] = None,
-             flag_values: Any = None) -> None:
+def run_main(
+  argv: list[str],
+  config_from_flags: Callable[[Any], Any],
+  train: Callable[[Any, str], Any],
+  run_errors: Optional[tuple[type[BaseException], ...]] = None,
+  flag_values: Any = None,
+) -> None:
   """The body of an entry point's absl `main`.
 
   Quiets orbax's INFO logging unless --verbosity is given, turns a bad flag
@@ -122,10 +136,13 @@ def run_main(argv: list[str], config_from_flags: Callable[[Any], Any],
   status 1. `flag_values`: default `absl.flags.FLAGS`.
   """
   import sys  # pylint: disable=g-import-not-at-top
+
   from absl import app, flags, logging  # pylint: disable=g-import-not-at-top
+
   flag_values = flags.FLAGS if flag_values is None else flag_values
   if run_errors is None:
     from train import run as run_lib  # pylint: disable=g-import-not-at-top
+
     run_errors = run_lib.RUN_ERRORS
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")

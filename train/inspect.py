@@ -18,11 +18,8 @@ import jax
 import numpy as np
 
 from bpm_jax import xla
-from train import a2c_learner
-from train import a2c_train
-from train import sweep
+from train import a2c_learner, a2c_train, sweep
 from train.a2c_config import A2CConfig
-
 
 # One recorded episode (batch element 0) as NumPy arrays. Keys: `modulation`
 # [T, K], `reward` [T], `action` [T], `value` [T], `env_state` (leaves
@@ -30,8 +27,9 @@ from train.a2c_config import A2CConfig
 Episode = dict
 
 
-def run_episode(workdir: str, seed_index: int = 0, key: Optional[jax.Array] = None,
-                step: Optional[int] = None) -> tuple[A2CConfig, Any, Episode]:
+def run_episode(
+  workdir: str, seed_index: int = 0, key: Optional[jax.Array] = None, step: Optional[int] = None
+) -> tuple[A2CConfig, Any, Episode]:
   """Restores a workdir's checkpoint and records one episode of one agent.
 
   Args:
@@ -46,8 +44,9 @@ def run_episode(workdir: str, seed_index: int = 0, key: Optional[jax.Array] = No
   """
   config, state, _ = a2c_train.restore_state(workdir, step=step)
   if not 0 <= seed_index < config.num_seeds:
-    raise ValueError(f"seed_index={seed_index} is out of range: the run has "
-                     f"{config.num_seeds} seed(s).")
+    raise ValueError(
+      f"seed_index={seed_index} is out of range: the run has {config.num_seeds} seed(s)."
+    )
   spec = a2c_learner.make_spec(config)
   params = jax.tree.map(lambda x: x[seed_index], state.params)
   key = jax.random.key(1234) if key is None else key
@@ -57,9 +56,12 @@ def run_episode(workdir: str, seed_index: int = 0, key: Optional[jax.Array] = No
   trajectory = jax.device_get(rollout(params, key, hparams))
   first = lambda x: np.asarray(x)[:, 0]  # [T, B, ...] -> [T, ...]
   episode = Episode(
-      modulation=first(trajectory.modulation), reward=first(trajectory.reward),
-      action=first(trajectory.action), value=first(trajectory.value),
-      env_state=jax.tree.map(first, trajectory.env_state))
+    modulation=first(trajectory.modulation),
+    reward=first(trajectory.reward),
+    action=first(trajectory.action),
+    value=first(trajectory.value),
+    env_state=jax.tree.map(first, trajectory.env_state),
+  )
   if isinstance(trajectory.info, dict) and "is_go" in trajectory.info:
     episode["is_go"] = first(trajectory.info["is_go"]).astype(bool)
   return config, spec, episode
@@ -76,8 +78,9 @@ def plot_modulation(config: A2CConfig, episode: Episode, out: str) -> str:
   FigureCanvasAgg(fig)
   ax_m, ax_r = fig.subplots(2, 1, sharex=True)
   for k in range(modulation.shape[1]):
-    ax_m.plot(steps, modulation[:, k], lw=1.2,
-              label=f"m{k}(t)" if modulation.shape[1] > 1 else "m(t)")
+    ax_m.plot(
+      steps, modulation[:, k], lw=1.2, label=f"m{k}(t)" if modulation.shape[1] > 1 else "m(t)"
+    )
   ax_m.axhline(0.0, color="0.6", lw=0.8)
   if not config.plasticity.is_modulated:
     ax_m.set_title(f"{config.network}: no neuromodulation (m(t) = 0)")
@@ -93,21 +96,24 @@ def plot_modulation(config: A2CConfig, episode: Episode, out: str) -> str:
     ax_r.set_title("reward at each step (grey lines above: Go steps)", fontsize=9)
   ax_r.set_xlabel("step")
   ax_r.set_ylabel("reward")
-  ax_r.text(0.01, 0.95, f"episode total: {reward.sum():.1f}", transform=ax_r.transAxes,
-            va="top", fontsize=8)
+  ax_r.text(
+    0.01, 0.95, f"episode total: {reward.sum():.1f}", transform=ax_r.transAxes, va="top", fontsize=8
+  )
   fig.tight_layout()
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
   fig.savefig(out)
   return out
 
 
-def inspect_workdir(workdir: str, out: str, seed_index: int = 0,
-                    gif: Optional[str] = None) -> dict[str, str]:
+def inspect_workdir(
+  workdir: str, out: str, seed_index: int = 0, gif: Optional[str] = None
+) -> dict[str, str]:
   """Writes the modulation plot (and the maze GIF); returns {kind: path}."""
   config, spec, episode = run_episode(workdir, seed_index)
   written = {"modulation": plot_modulation(config, episode, out)}
   if config.env == "GridMaze-v0":
     from envs import render  # pylint: disable=g-import-not-at-top
+
     gif = gif or os.path.join(os.path.dirname(os.path.abspath(out)), "episode.gif")
     written["gif"] = render.save_maze_gif(spec.env, episode["env_state"], gif)
   return written
@@ -115,6 +121,7 @@ def inspect_workdir(workdir: str, out: str, seed_index: int = 0,
 
 def main(argv):
   from absl import flags, logging  # pylint: disable=g-import-not-at-top
+
   del argv
   fv = flags.FLAGS
   if not fv["verbosity"].present:
@@ -125,6 +132,7 @@ def main(argv):
 
 if __name__ == "__main__":
   from absl import app, flags  # pylint: disable=g-import-not-at-top
+
   flags.DEFINE_string("workdir", None, "A train.a2c workdir.", required=True)
   flags.DEFINE_string("out", "modulation.png", "Output image.")
   flags.DEFINE_integer("seed_index", 0, "Which seed's agent.", lower_bound=0)

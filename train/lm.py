@@ -29,8 +29,7 @@ from train.lm_train import load_config, train_and_evaluate
 
 def define_flags(flag_values=None) -> None:
   """Defines `--workdir` and one flag per LMTrainConfig field (same defaults)."""
-  flags_lib.define_config_flags(LMTrainConfig, CHOICES, flag_values,
-                                lambda field: field.default)
+  flags_lib.define_config_flags(LMTrainConfig, CHOICES, flag_values, lambda field: field.default)
 
 
 def config_from_flags(flag_values) -> LMTrainConfig:
@@ -46,14 +45,16 @@ def config_from_flags(flag_values) -> LMTrainConfig:
   flags_lib.require_workdir(flag_values)
   values = {f.name: flag_values[f.name].value for f in dataclasses.fields(LMTrainConfig)}
   saved = flags_lib.saved_config_for_resume(
-      flag_values, run_lib.CONFIG_JSON, lambda path: load_config(os.path.dirname(path)).to_dict())
+    flag_values, run_lib.CONFIG_JSON, lambda path: load_config(os.path.dirname(path)).to_dict()
+  )
   if saved is not None:  # --resume: what is not given comes from the saved run.
     values = dict(saved, **{k: v for k, v in values.items() if flag_values[k].present})
   if values["data_dir"] in (None, ""):
     raise ValueError(
-        "--data_dir is required: a directory with the Penn Treebank files "
-        "ptb.train.txt, ptb.valid.txt, ptb.test.txt (or train.txt, valid.txt, "
-        f"test.txt; optionally gzipped, .gz). {ptb.WHERE_TO_GET_PTB}")
+      "--data_dir is required: a directory with the Penn Treebank files "
+      "ptb.train.txt, ptb.valid.txt, ptb.test.txt (or train.txt, valid.txt, "
+      f"test.txt; optionally gzipped, .gz). {ptb.WHERE_TO_GET_PTB}"
+    )
   with flags_lib.as_flag_errors(LMTrainConfig):
     config = LMTrainConfig.from_dict(values)
   ptb.find_split_files(config.data_dir)

@@ -38,11 +38,19 @@ DEFAULT_HIDDEN_SIZE: int = _MODEL_DEFAULTS["hidden_size"]  # With target_params=
 
 # The allowed values of each choice field.
 CHOICES: dict[str, tuple[str, ...]] = {
-    name: plasticity_config.CHOICES[name] for name in ("network", "alpha_kind")}
+  name: plasticity_config.CHOICES[name] for name in ("network", "alpha_kind")
+}
 
 # Fields that only steer the run; they may differ between a run and its --resume.
-RUN_CONTROL_FIELDS = ("data_dir", "epochs", "chunk_size", "keep_checkpoints", "resume",
-                      "progress", "max_eval_minibatches")
+RUN_CONTROL_FIELDS = (
+  "data_dir",
+  "epochs",
+  "chunk_size",
+  "keep_checkpoints",
+  "resume",
+  "progress",
+  "max_eval_minibatches",
+)
 
 
 @flax.struct.dataclass
@@ -61,13 +69,17 @@ class LMHParams:
 
 
 # vocab_size comes from the data; hidden_size is re-declared below (Optional).
-_ModelFields = derived_fields("_ModelFields", lm.LMConfig,
-                              exclude=("vocab_size", "hidden_size"))
+_ModelFields = derived_fields("_ModelFields", lm.LMConfig, exclude=("vocab_size", "hidden_size"))
 
 
-_RunFields = run_fields("_RunFields", "model", "Minibatches", chunk_size=100,
-                        keep_checkpoints=2,
-                        resume_help="Continue after the last complete epoch in the workdir.")
+_RunFields = run_fields(
+  "_RunFields",
+  "model",
+  "Minibatches",
+  chunk_size=100,
+  keep_checkpoints=2,
+  resume_help="Continue after the last complete epoch in the workdir.",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,16 +91,22 @@ class LMTrainConfig(ConfigMixin, _RunFields, _ModelFields):
 
   # --- Data.
   data_dir: Optional[str] = field(
-      None, "Directory with ptb.{train,valid,test}.txt or {train,valid,test}.txt "
-      "(optionally .gz). Required.")
+    None,
+    "Directory with ptb.{train,valid,test}.txt or {train,valid,test}.txt "
+    "(optionally .gz). Required.",
+  )
   # --- Model (the other bpm_jax.lm.LMConfig fields are derived).
   hidden_size: Optional[int] = field(
-      None, "H, units per LSTM layer. Default: matched to --target_params; if "
-      "given, it wins over --target_params.")
+    None,
+    "H, units per LSTM layer. Default: matched to --target_params; if "
+    "given, it wins over --target_params.",
+  )
   target_params: int = field(
-      lm.PAPER_TARGET_PARAMS, "Unless --hidden_size is given, choose H so the model "
-      "has this many parameters, plasticity included, within 0.5% (default: the "
-      f"paper's equal-size variants); 0: H = {DEFAULT_HIDDEN_SIZE}.")
+    lm.PAPER_TARGET_PARAMS,
+    "Unless --hidden_size is given, choose H so the model "
+    "has this many parameters, plasticity included, within 0.5% (default: the "
+    f"paper's equal-size variants); 0: H = {DEFAULT_HIDDEN_SIZE}.",
+  )
   # --- Optimisation (the floats are traced, see LMHParams).
   batch_size: int = field(20, "B, parallel training streams.")
   unroll: int = field(20, "T, truncated-BPTT length.")
@@ -99,27 +117,48 @@ class LMTrainConfig(ConfigMixin, _RunFields, _ModelFields):
   l2_penalty: float = field(1e-6, "Adds l2_penalty * theta to the gradient.")
   grad_clip_norm: float = field(5.0, "Global gradient-norm clip.")
   bound_eta: bool = field(
-      True, "retromod: clip the eligibility-trace rate eta into [0, 1] after every "
-      "step, so E (a running average of outer(h, g)) stays bounded.")
+    True,
+    "retromod: clip the eligibility-trace rate eta into [0, 1] after every "
+    "step, so E (a running average of outer(h, g)) stays bounded.",
+  )
   # --- Run control.
   epochs: int = field(13, "Training epochs.")
   max_steps_per_epoch: int = field(
-      0, "If > 0, train on only the first N minibatches of each epoch (short runs).")
+    0, "If > 0, train on only the first N minibatches of each epoch (short runs)."
+  )
   max_eval_minibatches: int = field(
-      0, "If > 0, score only the first N minibatches of valid and test (short "
-      "runs; the perplexities are then partial, see results.json).")
+    0,
+    "If > 0, score only the first N minibatches of valid and test (short "
+    "runs; the perplexities are then partial, see results.json).",
+  )
   # (and seed, num_seeds, chunk_size, keep_checkpoints, resume, progress).
 
   def __post_init__(self):
     check_fields(
-        self, CHOICES,
-        {1: ("num_layers", "batch_size", "unroll", "eval_batch_size", "epochs",
-             "chunk_size", "num_seeds", "keep_checkpoints"),
-         0: ("target_params", "max_steps_per_epoch", "max_eval_minibatches", "seed",
-             "decay_after_epoch")},
-        positive=("learning_rate", "grad_clip_norm", "clip_value", "init_scale",
-                  "lr_decay"),
-        nonnegative=("l2_penalty", "eta_init", "dropout_rate"))
+      self,
+      CHOICES,
+      {
+        1: (
+          "num_layers",
+          "batch_size",
+          "unroll",
+          "eval_batch_size",
+          "epochs",
+          "chunk_size",
+          "num_seeds",
+          "keep_checkpoints",
+        ),
+        0: (
+          "target_params",
+          "max_steps_per_epoch",
+          "max_eval_minibatches",
+          "seed",
+          "decay_after_epoch",
+        ),
+      },
+      positive=("learning_rate", "grad_clip_norm", "clip_value", "init_scale", "lr_decay"),
+      nonnegative=("l2_penalty", "eta_init", "dropout_rate"),
+    )
     for name in ("hidden_size", "embed_size"):
       if getattr(self, name) is not None:
         check_int(name, getattr(self, name), 1)
@@ -129,8 +168,10 @@ class LMTrainConfig(ConfigMixin, _RunFields, _ModelFields):
   def model_config(self, vocab_size: int, hidden_size: Optional[int] = None) -> lm.LMConfig:
     """The LMConfig of this run (hidden size: given, or this config's, or 200)."""
     return self.library_config(
-        lm.LMConfig, vocab_size=vocab_size,
-        hidden_size=hidden_size or self.hidden_size or DEFAULT_HIDDEN_SIZE)
+      lm.LMConfig,
+      vocab_size=vocab_size,
+      hidden_size=hidden_size or self.hidden_size or DEFAULT_HIDDEN_SIZE,
+    )
 
   def resolve_model_config(self, vocab_size: int) -> lm.LMConfig:
     """As `model_config`, with H matched to target_params unless hidden_size is set."""
@@ -146,12 +187,15 @@ class LMTrainConfig(ConfigMixin, _RunFields, _ModelFields):
 
   def hparams(self, epoch: int) -> LMHParams:
     """The traced numbers of `epoch` (1-based) as [] float32 arrays."""
-    return LMHParams(learning_rate=jnp.float32(self.learning_rate_at(epoch)),
-                     l2_penalty=jnp.float32(self.l2_penalty),
-                     grad_clip_norm=jnp.float32(self.grad_clip_norm))
+    return LMHParams(
+      learning_rate=jnp.float32(self.learning_rate_at(epoch)),
+      l2_penalty=jnp.float32(self.l2_penalty),
+      grad_clip_norm=jnp.float32(self.grad_clip_norm),
+    )
 
 
 # What a config.json written before a field existed ran with: the LMConfig
 # fields the trainer did not expose yet were at LMConfig's defaults.
 LMTrainConfig.SAVED_BEFORE_FIELD_EXISTED = {
-    name: _MODEL_DEFAULTS[name] for name in ("plastic_gates", "alpha_kind")}
+  name: _MODEL_DEFAULTS[name] for name in ("plastic_gates", "alpha_kind")
+}

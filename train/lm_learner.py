@@ -29,16 +29,26 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from bpm_jax import lm
-from bpm_jax import ptb
+from bpm_jax import lm, ptb
 from train.lm_config import LMHParams
 
 Array = jax.Array
 PyTree = Any
 
-__all__ = ["LMHParams", "LMTrainState", "Split", "evaluate", "init_state", "init_states",
-           "lm_loss", "make_optimizer", "project_params", "sgd_step", "train_chunk",
-           "train_step"]
+__all__ = [
+  "LMHParams",
+  "LMTrainState",
+  "Split",
+  "evaluate",
+  "init_state",
+  "init_states",
+  "lm_loss",
+  "make_optimizer",
+  "project_params",
+  "sgd_step",
+  "train_chunk",
+  "train_step",
+]
 
 
 @flax.struct.dataclass
@@ -69,8 +79,9 @@ def init_state(model: lm.PlasticLSTMLanguageModel, key: Array) -> LMTrainState:
   carry = jax.eval_shape(lambda: model.initialize_carry(1))
   tokens = jax.ShapeDtypeStruct((1, 1), jnp.int32)
   params = model.lazy_init(init_key, carry, tokens)["params"]
-  return LMTrainState(params=params, step=jnp.zeros((), jnp.int32),
-                      key=jax.random.key_data(dropout_key))
+  return LMTrainState(
+    params=params, step=jnp.zeros((), jnp.int32), key=jax.random.key_data(dropout_key)
+  )
 
 
 def init_states(model: lm.PlasticLSTMLanguageModel, keys: Array) -> LMTrainState:
@@ -85,17 +96,17 @@ def make_optimizer(hparams: LMHParams) -> optax.GradientTransformation:
   theta -= lr * clip(grad + l2 * theta, grad_clip_norm). Stateless.
   """
   return optax.chain(
-      optax.add_decayed_weights(hparams.l2_penalty),
-      optax.clip_by_global_norm(hparams.grad_clip_norm),
-      optax.sgd(hparams.learning_rate))
+    optax.add_decayed_weights(hparams.l2_penalty),
+    optax.clip_by_global_norm(hparams.grad_clip_norm),
+    optax.sgd(hparams.learning_rate),
+  )
 
 
 def sgd_step(params: PyTree, grads: PyTree, hparams: LMHParams) -> tuple[PyTree, Array]:
   """One step of `make_optimizer`: (new params, [] norm of grad + l2 * theta)."""
   optimizer = make_optimizer(hparams)
   updates, _ = optimizer.update(grads, optimizer.init(params), params)
-  norm = optax.tree.norm(jax.tree.map(lambda g, p: g + hparams.l2_penalty * p,
-                                      grads, params))
+  norm = optax.tree.norm(jax.tree.map(lambda g, p: g + hparams.l2_penalty * p, grads, params))
   return optax.apply_updates(params, updates), norm
 
 
@@ -116,9 +127,14 @@ def project_params(params: PyTree, config: lm.LMConfig, bound_eta: bool) -> PyTr
   return jax.tree_util.tree_map_with_path(project, params)
 
 
-def lm_loss(params: PyTree, model: lm.PlasticLSTMLanguageModel, carry: lm.Carry,
-            inputs: Array, targets: Array,
-            dropout_key: Optional[Array] = None) -> tuple[Array, tuple[lm.Carry, Array]]:
+def lm_loss(
+  params: PyTree,
+  model: lm.PlasticLSTMLanguageModel,
+  carry: lm.Carry,
+  inputs: Array,
+  targets: Array,
+  dropout_key: Optional[Array] = None,
+) -> tuple[Array, tuple[lm.Carry, Array]]:
   """Zaremba's training loss: NLL summed over T, averaged over B.
 
   Args:
@@ -130,15 +146,22 @@ def lm_loss(params: PyTree, model: lm.PlasticLSTMLanguageModel, carry: lm.Carry,
   """
   deterministic = dropout_key is None
   rngs = None if deterministic else {"dropout": dropout_key}
-  carry, logits = model.apply({"params": params}, carry, inputs,
-                              deterministic=deterministic, rngs=rngs)
+  carry, logits = model.apply(
+    {"params": params}, carry, inputs, deterministic=deterministic, rngs=rngs
+  )
   nll = lm.sequence_nll(logits, targets)  # [B, T]
   return jnp.mean(jnp.sum(nll, axis=1)), (carry, jnp.mean(nll))
 
 
-def train_step(model: lm.PlasticLSTMLanguageModel, state: LMTrainState, carry: lm.Carry,
-               inputs: Array, targets: Array, hparams: LMHParams,
-               bound_eta: bool = True) -> tuple[LMTrainState, lm.Carry, dict[str, Array]]:
+def train_step(
+  model: lm.PlasticLSTMLanguageModel,
+  state: LMTrainState,
+  carry: lm.Carry,
+  inputs: Array,
+  targets: Array,
+  hparams: LMHParams,
+  bound_eta: bool = True,
+) -> tuple[LMTrainState, lm.Carry, dict[str, Array]]:
   """One SGD step on a [B, T] minibatch; the carry continues (gradient stopped).
 
   Returns:
@@ -149,8 +172,7 @@ def train_step(model: lm.PlasticLSTMLanguageModel, state: LMTrainState, carry: l
   if model.config.dropout_rate > 0:
     dropout_key = jax.random.fold_in(jax.random.wrap_key_data(state.key), state.step)
   grad_fn = jax.value_and_grad(lm_loss, has_aux=True)
-  (loss, (carry, nll)), grads = grad_fn(state.params, model, carry, inputs, targets,
-                                        dropout_key)
+  (loss, (carry, nll)), grads = grad_fn(state.params, model, carry, inputs, targets, dropout_key)
   params, norm = sgd_step(state.params, grads, hparams)
   params = project_params(params, model.config, bound_eta)
   finite = jnp.isfinite(loss) & jnp.isfinite(norm)
@@ -159,9 +181,16 @@ def train_step(model: lm.PlasticLSTMLanguageModel, state: LMTrainState, carry: l
   return state, jax.lax.stop_gradient(carry), metrics
 
 
-def train_chunk(model: lm.PlasticLSTMLanguageModel, state: LMTrainState, carry: lm.Carry,
-                inputs: Array, targets: Array, active: Array, hparams: LMHParams,
-                bound_eta: bool = True) -> tuple[LMTrainState, lm.Carry, dict[str, Array]]:
+def train_chunk(
+  model: lm.PlasticLSTMLanguageModel,
+  state: LMTrainState,
+  carry: lm.Carry,
+  inputs: Array,
+  targets: Array,
+  active: Array,
+  hparams: LMHParams,
+  bound_eta: bool = True,
+) -> tuple[LMTrainState, lm.Carry, dict[str, Array]]:
   """`lax.scan` of `train_step` over C consecutive minibatches.
 
   Args:
@@ -178,8 +207,9 @@ def train_chunk(model: lm.PlasticLSTMLanguageModel, state: LMTrainState, carry: 
 
     def run(loop):
       state, carry = loop
-      state, carry, metrics = train_step(model, state, carry, inputs_t, targets_t,
-                                         hparams, bound_eta)
+      state, carry, metrics = train_step(
+        model, state, carry, inputs_t, targets_t, hparams, bound_eta
+      )
       return (state, carry), metrics
 
     def skip(loop):
@@ -192,8 +222,9 @@ def train_chunk(model: lm.PlasticLSTMLanguageModel, state: LMTrainState, carry: 
   return state, carry, metrics
 
 
-def evaluate(model: lm.PlasticLSTMLanguageModel, params: PyTree, inputs: Array,
-             targets: Array, active: Array) -> Array:
+def evaluate(
+  model: lm.PlasticLSTMLanguageModel, params: PyTree, inputs: Array, targets: Array, active: Array
+) -> Array:
   """Total NLL (nats, float32 []) of the targets of the active minibatches.
 
   State starts at zero and is carried through the M minibatches.

@@ -32,12 +32,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bpm_jax import lm
-from bpm_jax import ptb
+from bpm_jax import lm, ptb
 from train import lm_learner as learner_lib
 from train import metrics as metrics_lib
 from train import run as run_lib
-from train.lm_config import LMHParams, LMTrainConfig, RUN_CONTROL_FIELDS
+from train.lm_config import RUN_CONTROL_FIELDS, LMHParams, LMTrainConfig
 from train.lm_learner import LMTrainState, Split
 
 PyTree = Any
@@ -66,27 +65,44 @@ def initial_carry(model_config: lm.LMConfig, batch_size: int, num_seeds: int) ->
   return jax.tree.map(lambda x: jnp.broadcast_to(x, (num_seeds,) + x.shape), carry)
 
 
-def compiled_chunk(model_config: lm.LMConfig, bound_eta: bool, state: LMTrainState,
-                   carry: lm.Carry, chunk: Split, hparams: LMHParams):
+def compiled_chunk(
+  model_config: lm.LMConfig,
+  bound_eta: bool,
+  state: LMTrainState,
+  carry: lm.Carry,
+  chunk: Split,
+  hparams: LMHParams,
+):
   """(the compiled seed-vmapped `train_chunk` for these shapes, compile seconds).
 
   Called as `fn(state, carry, chunk.inputs, chunk.targets, chunk.active, hparams)`.
   """
   model = lm.PlasticLSTMLanguageModel(model_config)
   build = lambda: jax.vmap(
-      functools.partial(learner_lib.train_chunk, model, bound_eta=bound_eta),
-      in_axes=(0, 0, None, None, None, None))
-  return run_lib.compiled(("lm_train_chunk", model_config, bound_eta), build, state, carry,
-                          chunk.inputs, chunk.targets, chunk.active, hparams)
+    functools.partial(learner_lib.train_chunk, model, bound_eta=bound_eta),
+    in_axes=(0, 0, None, None, None, None),
+  )
+  return run_lib.compiled(
+    ("lm_train_chunk", model_config, bound_eta),
+    build,
+    state,
+    carry,
+    chunk.inputs,
+    chunk.targets,
+    chunk.active,
+    hparams,
+  )
 
 
 def perplexity(model_config: lm.LMConfig, params: PyTree, split: Split) -> np.ndarray:
   """[S] perplexities of the seed-stacked `params` on `split`."""
   model = lm.PlasticLSTMLanguageModel(model_config)
-  build = lambda: jax.vmap(functools.partial(learner_lib.evaluate, model),
-                           in_axes=(0, None, None, None))
-  fn, _ = run_lib.compiled(("lm_evaluate", model_config), build, params, split.inputs,
-                           split.targets, split.active)
+  build = lambda: jax.vmap(
+    functools.partial(learner_lib.evaluate, model), in_axes=(0, None, None, None)
+  )
+  fn, _ = run_lib.compiled(
+    ("lm_evaluate", model_config), build, params, split.inputs, split.targets, split.active
+  )
   nll = np.asarray(fn(params, split.inputs, split.targets, split.active), np.float64)
   return np.exp(nll / split.num_tokens)
 
@@ -120,15 +136,30 @@ def _load_data(config: LMTrainConfig) -> _Data:
   steps_per_epoch = len(train)
   if config.max_steps_per_epoch:
     steps_per_epoch = min(steps_per_epoch, config.max_steps_per_epoch)
-  return _Data(corpus, train, valid.padded(eval_length), test.padded(eval_length),
-               steps_per_epoch, min(config.chunk_size, steps_per_epoch))
+  return _Data(
+    corpus,
+    train,
+    valid.padded(eval_length),
+    test.padded(eval_length),
+    steps_per_epoch,
+    min(config.chunk_size, steps_per_epoch),
+  )
 
 
 def metric_fieldnames(num_seeds: int) -> list[str]:
-  per_seed = [f"{name}_seed{s}" for name in ("train_ppl", "valid_ppl", "test_ppl")
-              for s in range(num_seeds)]
-  return (["step", "epoch", "learning_rate", "train_ppl", "valid_ppl", "test_ppl",
-           "grad_norm", "tokens_per_s"] + per_seed)
+  per_seed = [
+    f"{name}_seed{s}" for name in ("train_ppl", "valid_ppl", "test_ppl") for s in range(num_seeds)
+  ]
+  return [
+    "step",
+    "epoch",
+    "learning_rate",
+    "train_ppl",
+    "valid_ppl",
+    "test_ppl",
+    "grad_norm",
+    "tokens_per_s",
+  ] + per_seed
 
 
 def valid_history(path: str, num_seeds: int) -> list[list[float]]:
@@ -136,8 +167,11 @@ def valid_history(path: str, num_seeds: int) -> list[list[float]]:
   if not os.path.exists(path):
     return []
   rows = metrics_lib.read_csv(path)
-  return [[row[f"valid_ppl_seed{s}"] for s in range(num_seeds)] for row in rows
-          if not math.isnan(row.get("valid_ppl", math.nan))]
+  return [
+    [row[f"valid_ppl_seed{s}"] for s in range(num_seeds)]
+    for row in rows
+    if not math.isnan(row.get("valid_ppl", math.nan))
+  ]
 
 
 def saved_settings(payload: Mapping[str, Any]) -> dict[str, Any]:
@@ -169,10 +203,15 @@ def _per_seed(name: str, values: np.ndarray) -> dict[str, float]:
 # The run.
 
 
-def _train_epoch(run: run_lib.Run, config: LMTrainConfig, model_config: lm.LMConfig,
-                 data: _Data, state: LMTrainState, epoch: int,
-                 progress: metrics_lib.Progress
-                 ) -> tuple[LMTrainState, list[dict[str, Any]]]:
+def _train_epoch(
+  run: run_lib.Run,
+  config: LMTrainConfig,
+  model_config: lm.LMConfig,
+  data: _Data,
+  state: LMTrainState,
+  epoch: int,
+  progress: metrics_lib.Progress,
+) -> tuple[LMTrainState, list[dict[str, Any]]]:
   """The chunks of 1-based `epoch`; returns (state, its metric rows, not written)."""
   hparams = config.hparams(epoch)
   learning_rate = float(hparams.learning_rate)
@@ -185,25 +224,30 @@ def _train_epoch(run: run_lib.Run, config: LMTrainConfig, model_config: lm.LMCon
     chunk = data.train.slice(done, done + n).padded(data.chunk_size)
     fn, _ = compiled_chunk(model_config, config.bound_eta, state, carry, chunk, hparams)
     watch = metrics_lib.Stopwatch()
-    state, carry, metrics = fn(state, carry, chunk.inputs, chunk.targets, chunk.active,
-                               hparams)
+    state, carry, metrics = fn(state, carry, chunk.inputs, chunk.targets, chunk.active, hparams)
     metrics = jax.tree.map(lambda m: np.asarray(m)[:, :n], jax.device_get(metrics))
     seconds = watch.lap()  # Leaves of `metrics`: [S, n].
     run.check_finite(
-        metrics["finite"],
-        describe=lambda bad, seeds: (
-            f"training loss or gradient at epoch {epoch}, minibatch {done + bad} "
-            f"(seed index {seeds}, network {config.network}, learning rate "
-            f"{learning_rate:.4g})"),
-        good_rows=lambda bad: rows, lost="this epoch was not saved",
-        hint="Lower --learning_rate, --grad_clip_norm or --clip_value.")
+      metrics["finite"],
+      describe=lambda bad, seeds: (
+        f"training loss or gradient at epoch {epoch}, minibatch {done + bad} "
+        f"(seed index {seeds}, network {config.network}, learning rate "
+        f"{learning_rate:.4g})"
+      ),
+      good_rows=lambda bad: rows,
+      lost="this epoch was not saved",
+      hint="Lower --learning_rate, --grad_clip_norm or --clip_value.",
+    )
     done += n
     train_ppl = np.exp(np.mean(np.asarray(metrics["nll"], np.float64), axis=1))  # [S]
-    row = {"step": int(np.asarray(state.step)[0]),
-           "epoch": epoch - 1 + done / data.steps_per_epoch,
-           "learning_rate": learning_rate, "train_ppl": float(np.mean(train_ppl)),
-           "grad_norm": float(np.mean(metrics["grad_norm"])),
-           "tokens_per_s": tokens_per_step * n / seconds}
+    row = {
+      "step": int(np.asarray(state.step)[0]),
+      "epoch": epoch - 1 + done / data.steps_per_epoch,
+      "learning_rate": learning_rate,
+      "train_ppl": float(np.mean(train_ppl)),
+      "grad_norm": float(np.mean(metrics["grad_norm"])),
+      "tokens_per_s": tokens_per_step * n / seconds,
+    }
     row.update({f"train_ppl_seed{s}": float(p) for s, p in enumerate(train_ppl)})
     rows.append(row)
     progress.update(n, train_ppl=row["train_ppl"], tok_per_s=row["tokens_per_s"])
@@ -232,63 +276,106 @@ def train_and_evaluate(config: LMTrainConfig, workdir: str) -> dict[str, Any]:
   data = _load_data(config)
   model_config = config.resolve_model_config(data.corpus.vocab_size)
   num_params = lm.count_params(model_config)
-  with run_lib.Run(workdir, resume=config.resume, keep_checkpoints=config.keep_checkpoints,
-                   unit="epoch", settings=config.to_dict(), run_control=RUN_CONTROL_FIELDS,
-                   read_saved=saved_settings) as run:
+  with run_lib.Run(
+    workdir,
+    resume=config.resume,
+    keep_checkpoints=config.keep_checkpoints,
+    unit="epoch",
+    settings=config.to_dict(),
+    run_control=RUN_CONTROL_FIELDS,
+    read_saved=saved_settings,
+  ) as run:
     state, metadata = run.restore_or_init(
-        abstract_state=lambda: abstract_state(model_config, config.num_seeds),
-        init=lambda: init_states(model_config, config.seed, config.num_seeds))
+      abstract_state=lambda: abstract_state(model_config, config.num_seeds),
+      init=lambda: init_states(model_config, config.seed, config.num_seeds),
+    )
     start_epoch = int(metadata["epoch"]) if metadata is not None else 0
     start_step = int(np.asarray(state.step)[0])
-    run.write_config({"train": config.to_dict(), "model": dataclasses.asdict(model_config),
-                      "num_params": num_params, "network": config.network,
-                      "steps_per_epoch": data.steps_per_epoch})
-    run.open_metrics(metric_fieldnames(config.num_seeds),  # Drops an earlier test row.
-                     keep=lambda row: (int(float(row["step"])) <= start_step
-                                       and not row.get("test_ppl")))
-    print(metrics_lib.format_config(
-        dict(config.to_dict(), hidden_size=model_config.hidden_size,
-             embed_size=model_config.embedding_size, vocab_size=data.corpus.vocab_size,
-             num_params=num_params, steps_per_epoch=data.steps_per_epoch),
-        f"PTB language model ({config.network}). Workdir: {run.workdir}"), flush=True)
+    run.write_config(
+      {
+        "train": config.to_dict(),
+        "model": dataclasses.asdict(model_config),
+        "num_params": num_params,
+        "network": config.network,
+        "steps_per_epoch": data.steps_per_epoch,
+      }
+    )
+    run.open_metrics(
+      metric_fieldnames(config.num_seeds),  # Drops an earlier test row.
+      keep=lambda row: int(float(row["step"])) <= start_step and not row.get("test_ppl"),
+    )
+    print(
+      metrics_lib.format_config(
+        dict(
+          config.to_dict(),
+          hidden_size=model_config.hidden_size,
+          embed_size=model_config.embedding_size,
+          vocab_size=data.corpus.vocab_size,
+          num_params=num_params,
+          steps_per_epoch=data.steps_per_epoch,
+        ),
+        f"PTB language model ({config.network}). Workdir: {run.workdir}",
+      ),
+      flush=True,
+    )
     if start_epoch:
       print(f"Resuming after epoch {start_epoch} (step {start_step}).", flush=True)
 
-    progress = run.progress(config.epochs * data.steps_per_epoch,
-                            start_epoch * data.steps_per_epoch, config.progress,
-                            desc=config.network)
+    progress = run.progress(
+      config.epochs * data.steps_per_epoch,
+      start_epoch * data.steps_per_epoch,
+      config.progress,
+      desc=config.network,
+    )
     for epoch in range(start_epoch + 1, config.epochs + 1):
       state, rows = _train_epoch(run, config, model_config, data, state, epoch, progress)
       valid_ppl = perplexity(model_config, state.params, data.valid)
       rows[-1].update(_per_seed("valid_ppl", valid_ppl))
       run.write_rows(rows)
-      run.save(epoch, state, {"epoch": epoch, "step": int(np.asarray(state.step)[0]),
-                              "valid_ppl": valid_ppl.tolist()})
-      progress.write(f"epoch {epoch}/{config.epochs}: lr {rows[-1]['learning_rate']:.4g}"
-                     f"  train ppl {rows[-1]['train_ppl']:.2f} (last chunk)"
-                     f"  valid ppl {_fmt(valid_ppl)}")
+      run.save(
+        epoch,
+        state,
+        {"epoch": epoch, "step": int(np.asarray(state.step)[0]), "valid_ppl": valid_ppl.tolist()},
+      )
+      progress.write(
+        f"epoch {epoch}/{config.epochs}: lr {rows[-1]['learning_rate']:.4g}"
+        f"  train ppl {rows[-1]['train_ppl']:.2f} (last chunk)"
+        f"  valid ppl {_fmt(valid_ppl)}"
+      )
     run.close_progress()
 
     test_ppl = perplexity(model_config, state.params, data.test)
     history = valid_history(run.metrics_path, config.num_seeds)
-    final_valid = (history[-1] if history
-                   else perplexity(model_config, state.params, data.valid).tolist())
+    final_valid = (
+      history[-1] if history else perplexity(model_config, state.params, data.valid).tolist()
+    )
     step = int(np.asarray(state.step)[0])
     run.write_rows([dict(step=step, epoch=config.epochs, **_per_seed("test_ppl", test_ppl))])
-    results = {"network": config.network, "hidden_size": model_config.hidden_size,
-               "num_params": num_params, "steps": step,
-               "tokens_trained": step * config.batch_size * config.unroll,
-               "valid_ppl": final_valid, "test_ppl": test_ppl.tolist(),
-               "valid_tokens_scored": data.valid.num_tokens,
-               "test_tokens_scored": data.test.num_tokens,
-               "valid_tokens_total": len(data.corpus.valid),
-               "test_tokens_total": len(data.corpus.test),
-               "valid_ppl_per_epoch": history}
+    results = {
+      "network": config.network,
+      "hidden_size": model_config.hidden_size,
+      "num_params": num_params,
+      "steps": step,
+      "tokens_trained": step * config.batch_size * config.unroll,
+      "valid_ppl": final_valid,
+      "test_ppl": test_ppl.tolist(),
+      "valid_tokens_scored": data.valid.num_tokens,
+      "test_tokens_scored": data.test.num_tokens,
+      "valid_tokens_total": len(data.corpus.valid),
+      "test_tokens_total": len(data.corpus.test),
+      "valid_ppl_per_epoch": history,
+    }
     with open(os.path.join(run.workdir, RESULTS_JSON), "w") as f:
       json.dump(results, f, indent=2)
-    partial = (f" (first {config.max_eval_minibatches} minibatches: "
-               f"{data.valid.num_tokens} / {data.test.num_tokens} tokens)"
-               if config.max_eval_minibatches else "")
-    print(f"{config.network}: valid ppl {_fmt(np.asarray(final_valid))}, "
-          f"test ppl {_fmt(test_ppl)}{partial} after {step} steps", flush=True)
+    partial = (
+      f" (first {config.max_eval_minibatches} minibatches: "
+      f"{data.valid.num_tokens} / {data.test.num_tokens} tokens)"
+      if config.max_eval_minibatches
+      else ""
+    )
+    print(
+      f"{config.network}: valid ppl {_fmt(np.asarray(final_valid))}, "
+      f"test ppl {_fmt(test_ppl)}{partial} after {step} steps",
+      flush=True,
+    )
     return dict(results, state=state)

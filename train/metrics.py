@@ -24,8 +24,10 @@ METRICS_CSV = "metrics.csv"
 def read_csv(path: str) -> list[dict[str, float]]:
   """Rows of a metrics CSV as dicts of floats (empty cells become NaN)."""
   with open(path, newline="") as f:
-    return [{k: (float(v) if v not in ("", None) else math.nan) for k, v in row.items()}
-            for row in csv.DictReader(f)]
+    return [
+      {k: (float(v) if v not in ("", None) else math.nan) for k, v in row.items()}
+      for row in csv.DictReader(f)
+    ]
 
 
 def filter_csv(path: str, keep: Callable[[dict], bool]) -> int:
@@ -64,8 +66,13 @@ class MetricsWriter:
     filename: CSV file name.
   """
 
-  def __init__(self, workdir: str, fieldnames: Sequence[str], tensorboard: bool = True,
-               filename: str = METRICS_CSV):
+  def __init__(
+    self,
+    workdir: str,
+    fieldnames: Sequence[str],
+    tensorboard: bool = True,
+    filename: str = METRICS_CSV,
+  ):
     os.makedirs(workdir, exist_ok=True)
     self.path = os.path.join(workdir, filename)
     self.fieldnames = list(fieldnames)
@@ -75,8 +82,9 @@ class MetricsWriter:
         existing = next(csv.reader(f), None)
       if existing and existing != self.fieldnames:
         raise ValueError(
-            f"{self.path} has columns {existing}, but this run writes "
-            f"{self.fieldnames}; use a fresh workdir.")
+          f"{self.path} has columns {existing}, but this run writes "
+          f"{self.fieldnames}; use a fresh workdir."
+        )
       new_file = not existing
     else:
       new_file = True
@@ -88,6 +96,7 @@ class MetricsWriter:
     self._tb = None
     if tensorboard:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+
       self._tb = SummaryWriter(logdir=workdir)
 
   def write_rows(self, rows: Iterable[Mapping[str, Any]]) -> None:
@@ -137,8 +146,14 @@ class Progress:
     log_every_s: seconds between the log lines when disabled.
   """
 
-  def __init__(self, total: int, initial: int = 0, enabled: bool = True, desc: str = "",
-               log_every_s: float = 60.0):
+  def __init__(
+    self,
+    total: int,
+    initial: int = 0,
+    enabled: bool = True,
+    desc: str = "",
+    log_every_s: float = 60.0,
+  ):
     self._bar = None
     self._total, self._done, self._desc = total, initial, desc
     self._initial = initial
@@ -146,8 +161,8 @@ class Progress:
     self._start = self._last_log = time.perf_counter()
     if enabled:
       from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
-      self._bar = tqdm(total=total, initial=initial, desc=desc, unit="it",
-                       dynamic_ncols=True)
+
+      self._bar = tqdm(total=total, initial=initial, desc=desc, unit="it", dynamic_ncols=True)
 
   def update(self, steps: int, **postfix: float) -> None:
     numbers = {k: f"{v:.3g}" for k, v in postfix.items()}
@@ -162,12 +177,22 @@ class Progress:
     self._last_log = now
     rate = (self._done - self._initial) / max(now - self._start, 1e-9)
     eta = (self._total - self._done) / rate if rate > 0 else float("inf")
-    eta_text = (f"{int(eta // 3600)}h{int(eta % 3600 // 60):02d}m" if eta >= 3600 else
-                f"{int(eta // 60)}m{int(eta % 60):02d}s") if math.isfinite(eta) else "?"
+    eta_text = (
+      (
+        f"{int(eta // 3600)}h{int(eta % 3600 // 60):02d}m"
+        if eta >= 3600
+        else f"{int(eta // 60)}m{int(eta % 60):02d}s"
+      )
+      if math.isfinite(eta)
+      else "?"
+    )
     extra = " ".join(f"{k}={v}" for k, v in numbers.items())
-    print(f"{self._desc} {self._done}/{self._total} "
-          f"({100 * self._done / max(self._total, 1):.0f}%) {rate:.3g} it/s, "
-          f"ETA {eta_text} {extra}".rstrip(), flush=True)
+    print(
+      f"{self._desc} {self._done}/{self._total} "
+      f"({100 * self._done / max(self._total, 1):.0f}%) {rate:.3g} it/s, "
+      f"ETA {eta_text} {extra}".rstrip(),
+      flush=True,
+    )
 
   def write(self, message: str) -> None:
     if self._bar is None:

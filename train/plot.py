@@ -49,8 +49,9 @@ def load_rewards(workdir: str) -> tuple[np.ndarray, np.ndarray]:
   rows = metrics_lib.read_csv(path)
   if not rows:
     return np.zeros((0,)), np.zeros((0, 0))
-  seeds = sorted((k for k in rows[0] if k.startswith("reward_seed")),
-                 key=lambda k: int(k[len("reward_seed"):]))
+  seeds = sorted(
+    (k for k in rows[0] if k.startswith("reward_seed")), key=lambda k: int(k[len("reward_seed") :])
+  )
   iterations = np.array([row["iteration"] for row in rows])
   rewards = np.array([[row[k] for row in rows] for k in seeds])
   return iterations, rewards
@@ -64,14 +65,17 @@ def smooth(values: np.ndarray, window: int) -> np.ndarray:
     return values
   total = np.cumsum(values, axis=-1)
   if n > window:
-    total[..., window:] = total[..., window:] - total[..., :n - window].copy()
+    total[..., window:] = total[..., window:] - total[..., : n - window].copy()
   return total / np.minimum(np.arange(n) + 1, window)
 
 
 def median_iqr(rewards: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """Median, 25th and 75th percentile over seeds: rewards [S, N] -> three [N]."""
-  return (np.median(rewards, axis=0), np.percentile(rewards, 25, axis=0),
-          np.percentile(rewards, 75, axis=0))
+  return (
+    np.median(rewards, axis=0),
+    np.percentile(rewards, 25, axis=0),
+    np.percentile(rewards, 75, axis=0),
+  )
 
 
 def group_runs(workdirs: Sequence[str]) -> "OrderedDict[str, tuple[np.ndarray, np.ndarray]]":
@@ -93,11 +97,12 @@ def final_median(rewards: np.ndarray, fraction: float = 0.1) -> float:
   """Median over seeds of each seed's mean reward over the last `fraction` of iterations."""
   n = rewards.shape[1]
   tail = max(1, int(round(n * fraction)))
-  return float(np.median(rewards[:, n - tail:].mean(axis=1)))
+  return float(np.median(rewards[:, n - tail :].mean(axis=1)))
 
 
-def plot_workdirs(workdirs: Sequence[str], out: str, smoothing: int = 10,
-                  title: Optional[str] = None) -> str:
+def plot_workdirs(
+  workdirs: Sequence[str], out: str, smoothing: int = 10, title: Optional[str] = None
+) -> str:
   """Writes the median + IQR reward curves of `workdirs` to `out`; returns `out`."""
   from matplotlib.backends.backend_agg import FigureCanvasAgg  # pylint: disable=g-import-not-at-top
   from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
@@ -109,7 +114,7 @@ def plot_workdirs(workdirs: Sequence[str], out: str, smoothing: int = 10,
     if rewards.size == 0:
       continue
     median, low, high = median_iqr(smooth(rewards, smoothing))
-    line, = ax.plot(iterations, median, label=f"{label} ({rewards.shape[0]} seeds)")
+    (line,) = ax.plot(iterations, median, label=f"{label} ({rewards.shape[0]} seeds)")
     ax.fill_between(iterations, low, high, color=line.get_color(), alpha=0.25, lw=0)
   ax.set_xlabel("iteration (batch of episodes)")
   ax.set_ylabel("reward per episode")
@@ -129,20 +134,24 @@ def plot_workdirs(workdirs: Sequence[str], out: str, smoothing: int = 10,
 
 def main(argv):
   from absl import flags  # pylint: disable=g-import-not-at-top
+
   fv = flags.FLAGS
   # `--workdirs A B C`: absl keeps A in the flag and leaves B C as arguments.
   workdirs = list(fv.workdirs) + list(argv[1:])
   out = plot_workdirs(workdirs, fv.out, fv.smoothing, fv.title)
   for label, (_, rewards) in group_runs(workdirs).items():
     if rewards.size:
-      print(f"{label}: final median reward (mean over the last 10% of "
-            f"{rewards.shape[1]} iterations, {rewards.shape[0]} seeds) = "
-            f"{final_median(rewards):.3f}")
+      print(
+        f"{label}: final median reward (mean over the last 10% of "
+        f"{rewards.shape[1]} iterations, {rewards.shape[0]} seeds) = "
+        f"{final_median(rewards):.3f}"
+      )
   print(f"Wrote {out}")
 
 
 if __name__ == "__main__":
   from absl import app, flags  # pylint: disable=g-import-not-at-top
+
   flags.DEFINE_multi_string("workdirs", None, "Run directories (repeat or space-separate).")
   flags.DEFINE_string("out", "curves.png", "Output image.")
   flags.DEFINE_integer("smoothing", 10, "Moving-average window (iterations).", lower_bound=1)

@@ -50,7 +50,11 @@ class NonFiniteError(FloatingPointError):
 
 # What a trainer's entry point reports as one `ERROR:` line (exit status 1).
 RUN_ERRORS: tuple[type[BaseException], ...] = (
-    NonFiniteError, checkpoint_lib.CheckpointError, ValueError, FileNotFoundError)
+  NonFiniteError,
+  checkpoint_lib.CheckpointError,
+  ValueError,
+  FileNotFoundError,
+)
 
 
 def seed_keys(seed: int, num_seeds: int) -> Array:
@@ -64,8 +68,9 @@ def seed_keys(seed: int, num_seeds: int) -> Array:
 _COMPILED: dict[Hashable, Any] = {}
 
 
-def compiled(key: Hashable, build: Callable[[], Callable], *args: Any,
-             fast_compile: bool = False) -> tuple[Callable, float]:
+def compiled(
+  key: Hashable, build: Callable[[], Callable], *args: Any, fast_compile: bool = False
+) -> tuple[Callable, float]:
   """(AOT-compiled `jax.jit(build())` for `args`, seconds spent compiling now).
 
   The one compile cache of the trainers: keyed by `key` (hashable: the static
@@ -110,9 +115,17 @@ class Run:
     read_saved: config.json's contents -> the saved settings dict.
   """
 
-  def __init__(self, workdir: str, *, resume: bool, keep_checkpoints: int, unit: str,
-               settings: Mapping[str, Any], run_control: Collection[str] = (),
-               read_saved: Callable[[Any], Mapping[str, Any]] = dict):
+  def __init__(
+    self,
+    workdir: str,
+    *,
+    resume: bool,
+    keep_checkpoints: int,
+    unit: str,
+    settings: Mapping[str, Any],
+    run_control: Collection[str] = (),
+    read_saved: Callable[[Any], Mapping[str, Any]] = dict,
+  ):
     self.workdir = os.path.abspath(workdir)
     self.resume = resume
     self.unit = unit
@@ -149,11 +162,11 @@ class Run:
     """ValueError naming each setting that differs from the saved run's."""
     saved = self.saved_settings()
     if saved is not None:
-      checkpoint_lib.check_same_config(self.config_path, saved, self._settings,
-                                       self._run_control)
+      checkpoint_lib.check_same_config(self.config_path, saved, self._settings, self._run_control)
 
-  def restore_or_init(self, abstract_state: Callable[[], PyTree],
-                      init: Callable[[], PyTree]) -> tuple[PyTree, Optional[dict]]:
+  def restore_or_init(
+    self, abstract_state: Callable[[], PyTree], init: Callable[[], PyTree]
+  ) -> tuple[PyTree, Optional[dict]]:
     """The latest checkpoint on --resume (config checked first), else `init()`.
 
     Raises:
@@ -161,8 +174,12 @@ class Run:
       CheckpointError: the checkpoint is unreadable.
     """
     state, metadata = self.ckpt.restore_or_init(
-        self.resume, self.unit, check_config=self.check_resume_config,
-        abstract_state=abstract_state, init=init)
+      self.resume,
+      self.unit,
+      check_config=self.check_resume_config,
+      abstract_state=abstract_state,
+      init=init,
+    )
     self.resumed = metadata is not None
     return state, metadata
 
@@ -173,8 +190,9 @@ class Run:
       f.write(json.dumps(payload, indent=2, sort_keys=True))
     os.replace(tmp, self.config_path)
 
-  def open_metrics(self, fieldnames: Sequence[str],
-                   keep: Callable[[dict], bool]) -> metrics_lib.MetricsWriter:
+  def open_metrics(
+    self, fieldnames: Sequence[str], keep: Callable[[dict], bool]
+  ) -> metrics_lib.MetricsWriter:
     """metrics.csv + TensorBoard. Resumed: only the rows where `keep(row)` stay
     (those up to the checkpoint); fresh: a leftover CSV is removed."""
     if self.resumed:
@@ -184,8 +202,7 @@ class Run:
     self.writer = metrics_lib.MetricsWriter(self.workdir, fieldnames)
     return self.writer
 
-  def progress(self, total: int, initial: int, enabled: bool, desc: str
-               ) -> metrics_lib.Progress:
+  def progress(self, total: int, initial: int, enabled: bool, desc: str) -> metrics_lib.Progress:
     self._progress = metrics_lib.Progress(total, initial, enabled, desc=desc)
     return self._progress
 
@@ -197,9 +214,14 @@ class Run:
   def save(self, step: int, state: PyTree, metadata: Mapping[str, Any]) -> None:
     self.ckpt.save(step, state, metadata=dict(metadata))
 
-  def check_finite(self, finite: np.ndarray, describe: Callable[[int, list[int]], str],
-                   good_rows: Callable[[int], Sequence[Mapping[str, Any]]],
-                   lost: str, hint: str) -> None:
+  def check_finite(
+    self,
+    finite: np.ndarray,
+    describe: Callable[[int, list[int]], str],
+    good_rows: Callable[[int], Sequence[Mapping[str, Any]]],
+    lost: str,
+    hint: str,
+  ) -> None:
     """The NaN/inf guard: stops the run at the first non-finite step.
 
     Args:
@@ -220,10 +242,14 @@ class Run:
     seeds = [int(s) for s in np.nonzero(~finite[:, bad])[0]]
     self.write_rows(good_rows(bad))
     last = self.ckpt.latest_step()
-    where = (f"the last good checkpoint is {self.unit} {last} in {self.ckpt.step_path(last)}"
-             if last is not None else "no checkpoint was saved yet")
-    raise NonFiniteError(f"Non-finite {describe(bad, seeds)}; training stopped and "
-                         f"{lost}; {where}. {hint}")
+    where = (
+      f"the last good checkpoint is {self.unit} {last} in {self.ckpt.step_path(last)}"
+      if last is not None
+      else "no checkpoint was saved yet"
+    )
+    raise NonFiniteError(
+      f"Non-finite {describe(bad, seeds)}; training stopped and {lost}; {where}. {hint}"
+    )
 
   # --- Closing.
 

@@ -34,11 +34,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from train import a2c
-from train import a2c_train
+from train import a2c, a2c_train
 from train import checkpoint as checkpoint_lib
-from train import run as run_lib
 from train import plot as plot_lib
+from train import run as run_lib
 from train.a2c_config import HPARAM_FIELDS, A2CConfig, A2CHParams
 
 SWEEP_JSON = "sweep.json"
@@ -55,19 +54,23 @@ def parse_sweep(specs: Sequence[str]) -> list[Setting]:
     ValueError: an unknown or repeated name, or a value that is not a number.
   """
   if not specs:
-    raise ValueError("--sweep is required: e.g. --sweep=learning_rate=1e-4,1e-3 "
-                     f"(repeat it for a grid); sweepable: {', '.join(HPARAM_FIELDS)}.")
+    raise ValueError(
+      "--sweep is required: e.g. --sweep=learning_rate=1e-4,1e-3 "
+      f"(repeat it for a grid); sweepable: {', '.join(HPARAM_FIELDS)}."
+    )
   names, value_lists = [], []
   for spec in specs:
     name, sep, values = spec.partition("=")
     if not sep or not values:
-      raise ValueError(f"--sweep={spec!r} is invalid: write NAME=V1,V2,... "
-                       "(e.g. --sweep=learning_rate=1e-4,1e-3).")
+      raise ValueError(
+        f"--sweep={spec!r} is invalid: write NAME=V1,V2,... (e.g. --sweep=learning_rate=1e-4,1e-3)."
+      )
     if name not in HPARAM_FIELDS:
       raise ValueError(
-          f"--sweep={spec!r}: {name!r} cannot be swept; sweepable (traced) "
-          f"hyperparameters: {', '.join(HPARAM_FIELDS)}. Sizes and network types "
-          "change the compiled program: run them as separate train.a2c runs.")
+        f"--sweep={spec!r}: {name!r} cannot be swept; sweepable (traced) "
+        f"hyperparameters: {', '.join(HPARAM_FIELDS)}. Sizes and network types "
+        "change the compiled program: run them as separate train.a2c runs."
+      )
     if name in names:
       raise ValueError(f"--sweep names {name!r} twice; give all its values in one flag.")
     try:
@@ -88,8 +91,7 @@ def check_grid(config: A2CConfig, grid: Sequence[Setting]) -> None:
       raise ValueError(f"--sweep value {e}") from e
 
 
-def stack_hparams(config: A2CConfig, grid: Sequence[Setting],
-                  seeds_per_setting: int) -> A2CHParams:
+def stack_hparams(config: A2CConfig, grid: Sequence[Setting], seeds_per_setting: int) -> A2CHParams:
   """[G*S] A2CHParams: agent g*S + s gets setting g (base `config` for fields not swept)."""
   base = config.hparams()
   leaves = {}
@@ -127,19 +129,23 @@ def agent_hparams(config: A2CConfig, workdir: str, agent: int) -> A2CHParams:
   return jax.tree.map(lambda leaf: leaf[agent], stack_hparams(config, *sweep))
 
 
-def summarize(workdir: str, grid: Sequence[Setting], seeds_per_setting: int,
-              fraction: float = 0.1) -> list[dict[str, Any]]:
+def summarize(
+  workdir: str, grid: Sequence[Setting], seeds_per_setting: int, fraction: float = 0.1
+) -> list[dict[str, Any]]:
   """Per setting: its values, final median reward over its seeds, 25th/75th percentiles."""
   _, rewards = plot_lib.load_rewards(workdir)  # [G*S, N]
   rows = []
   for g, setting in enumerate(grid):
-    seeds = rewards[g * seeds_per_setting:(g + 1) * seeds_per_setting]
+    seeds = rewards[g * seeds_per_setting : (g + 1) * seeds_per_setting]
     n = seeds.shape[1]
-    tail = seeds[:, n - max(1, int(round(n * fraction))):].mean(axis=1) if n else seeds[:, :0]
+    tail = seeds[:, n - max(1, int(round(n * fraction))) :].mean(axis=1) if n else seeds[:, :0]
     row = {"setting": g, **setting}
     if tail.size:
-      row.update(final_median=float(np.median(tail)), final_p25=float(np.percentile(tail, 25)),
-                 final_p75=float(np.percentile(tail, 75)))
+      row.update(
+        final_median=float(np.median(tail)),
+        final_p25=float(np.percentile(tail, 25)),
+        final_p75=float(np.percentile(tail, 75)),
+      )
     rows.append(row)
   return rows
 
@@ -148,8 +154,9 @@ def label(setting: Setting) -> str:
   return ", ".join(f"{k}={v:g}" for k, v in setting.items())
 
 
-def plot_sweep(workdir: str, grid: Sequence[Setting], seeds_per_setting: int, out: str,
-               smoothing: int = 10) -> str:
+def plot_sweep(
+  workdir: str, grid: Sequence[Setting], seeds_per_setting: int, out: str, smoothing: int = 10
+) -> str:
   """Median reward curve over the seeds of every setting; returns `out`."""
   from matplotlib.backends.backend_agg import FigureCanvasAgg  # pylint: disable=g-import-not-at-top
   from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
@@ -161,7 +168,7 @@ def plot_sweep(workdir: str, grid: Sequence[Setting], seeds_per_setting: int, ou
   if rewards.size:
     smoothed = plot_lib.smooth(rewards, smoothing)
     for g, setting in enumerate(grid):
-      seeds = smoothed[g * seeds_per_setting:(g + 1) * seeds_per_setting]
+      seeds = smoothed[g * seeds_per_setting : (g + 1) * seeds_per_setting]
       ax.plot(iterations, np.median(seeds, axis=0), label=label(setting))
   ax.set_xlabel("iteration (batch of episodes)")
   ax.set_ylabel(f"reward per episode (median of {seeds_per_setting} seeds)")
@@ -174,19 +181,22 @@ def plot_sweep(workdir: str, grid: Sequence[Setting], seeds_per_setting: int, ou
   return out
 
 
-def _check_saved_sweep(workdir: str, grid: Sequence[Setting], seeds_per_setting: int,
-                       resume: bool) -> None:
+def _check_saved_sweep(
+  workdir: str, grid: Sequence[Setting], seeds_per_setting: int, resume: bool
+) -> None:
   saved = load_sweep(workdir) if resume else None
   if saved is not None and saved != (list(grid), seeds_per_setting):
     raise ValueError(
-        f"--resume with a sweep that differs from {os.path.join(workdir, SWEEP_JSON)} "
-        f"(saved grid {saved[0]} x {saved[1]} seeds, now {list(grid)} "
-        f"x {seeds_per_setting}). Resume with the same --sweep and --num_seeds or use "
-        "a fresh workdir.")
+      f"--resume with a sweep that differs from {os.path.join(workdir, SWEEP_JSON)} "
+      f"(saved grid {saved[0]} x {saved[1]} seeds, now {list(grid)} "
+      f"x {seeds_per_setting}). Resume with the same --sweep and --num_seeds or use "
+      "a fresh workdir."
+    )
 
 
-def run_sweep(config: A2CConfig, grid: Sequence[Setting], workdir: str,
-              smoothing: int = 10) -> list[dict[str, Any]]:
+def run_sweep(
+  config: A2CConfig, grid: Sequence[Setting], workdir: str, smoothing: int = 10
+) -> list[dict[str, Any]]:
   """Trains every setting of `grid` with `config.num_seeds` seeds each; returns summaries.
 
   Args:
@@ -205,11 +215,17 @@ def run_sweep(config: A2CConfig, grid: Sequence[Setting], workdir: str,
   os.makedirs(workdir, exist_ok=True)
   with checkpoint_lib.Checkpointer(os.path.join(workdir, run_lib.CHECKPOINT_DIR)) as ckpt:
     ckpt.step_to_resume(config.resume, "iteration")  # Refuses to overwrite a run.
-  print(f"Sweep of {len(grid)} settings x {seeds_per_setting} seeds = "
-        f"{agents.num_seeds} agents in one program:", flush=True)
+  print(
+    f"Sweep of {len(grid)} settings x {seeds_per_setting} seeds = "
+    f"{agents.num_seeds} agents in one program:",
+    flush=True,
+  )
   for g, setting in enumerate(grid):
-    print(f"  setting {g} (agents {g * seeds_per_setting}-"
-          f"{(g + 1) * seeds_per_setting - 1}): {label(setting)}", flush=True)
+    print(
+      f"  setting {g} (agents {g * seeds_per_setting}-"
+      f"{(g + 1) * seeds_per_setting - 1}): {label(setting)}",
+      flush=True,
+    )
   if not config.resume or load_sweep(workdir) is None:
     save_sweep(workdir, grid, seeds_per_setting)
   a2c_train.train_and_evaluate(agents, workdir, hparams)
@@ -220,14 +236,20 @@ def run_sweep(config: A2CConfig, grid: Sequence[Setting], workdir: str,
     writer.writeheader()
     writer.writerows(rows)
   plot_sweep(workdir, grid, seeds_per_setting, os.path.join(workdir, SWEEP_PNG), smoothing)
-  print("Final median reward per setting (mean over the last 10% of iterations; "
-        "best first):", flush=True)
+  print(
+    "Final median reward per setting (mean over the last 10% of iterations; best first):",
+    flush=True,
+  )
   for row in sorted(rows, key=lambda r: -r.get("final_median", -np.inf)):
     if "final_median" in row:
-      print(f"  {row['final_median']:9.3f}  [IQR {row['final_p25']:.3f}, "
-            f"{row['final_p75']:.3f}]  {label(grid[row['setting']])}", flush=True)
-  print(f"Wrote {os.path.join(workdir, SWEEP_CSV)} and {os.path.join(workdir, SWEEP_PNG)}",
-        flush=True)
+      print(
+        f"  {row['final_median']:9.3f}  [IQR {row['final_p25']:.3f}, "
+        f"{row['final_p75']:.3f}]  {label(grid[row['setting']])}",
+        flush=True,
+      )
+  print(
+    f"Wrote {os.path.join(workdir, SWEEP_CSV)} and {os.path.join(workdir, SWEEP_PNG)}", flush=True
+  )
   return rows
 
 
@@ -237,13 +259,19 @@ def run_sweep(config: A2CConfig, grid: Sequence[Setting], workdir: str,
 
 def define_flags(flag_values=None) -> None:
   from absl import flags  # pylint: disable=g-import-not-at-top
+
   a2c.define_flags(flag_values)
   fv = flag_values if flag_values is not None else flags.FLAGS
   flags.DEFINE_multi_string(
-      "sweep", None, "NAME=V1,V2,...: values of a traced hyperparameter "
-      f"({', '.join(HPARAM_FIELDS)}); repeat for a grid.", flag_values=fv)
-  flags.DEFINE_integer("sweep_smoothing", 10, "Moving-average window of sweep.png.",
-                       lower_bound=1, flag_values=fv)
+    "sweep",
+    None,
+    "NAME=V1,V2,...: values of a traced hyperparameter "
+    f"({', '.join(HPARAM_FIELDS)}); repeat for a grid.",
+    flag_values=fv,
+  )
+  flags.DEFINE_integer(
+    "sweep_smoothing", 10, "Moving-average window of sweep.png.", lower_bound=1, flag_values=fv
+  )
 
 
 def grid_and_config_from_flags(flag_values) -> tuple[list[Setting], A2CConfig]:
@@ -251,8 +279,7 @@ def grid_and_config_from_flags(flag_values) -> tuple[list[Setting], A2CConfig]:
 
   On `--resume`, `--sweep` and `--num_seeds` not given come from sweep.json.
   """
-  saved = (load_sweep(flag_values["workdir"].value or "")
-           if flag_values["resume"].value else None)
+  saved = load_sweep(flag_values["workdir"].value or "") if flag_values["resume"].value else None
   config = a2c.config_from_flags(flag_values)
   if flag_values["sweep"].value:
     grid = parse_sweep(flag_values["sweep"].value)
@@ -268,15 +295,21 @@ def grid_and_config_from_flags(flag_values) -> tuple[list[Setting], A2CConfig]:
 
 def main(argv):
   from absl import flags  # pylint: disable=g-import-not-at-top
+
   from train import flags as flags_lib  # pylint: disable=g-import-not-at-top
+
   fv = flags.FLAGS
   flags_lib.run_main(
-      argv, grid_and_config_from_flags,
-      lambda grid_config, workdir: run_sweep(grid_config[1], grid_config[0], workdir,
-                                             fv.sweep_smoothing))
+    argv,
+    grid_and_config_from_flags,
+    lambda grid_config, workdir: run_sweep(
+      grid_config[1], grid_config[0], workdir, fv.sweep_smoothing
+    ),
+  )
 
 
 if __name__ == "__main__":
   from absl import app  # pylint: disable=g-import-not-at-top
+
   define_flags()
   app.run(main)

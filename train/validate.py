@@ -16,8 +16,7 @@ from typing import Any
 def check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
   """ValueError naming the field, the bad value and the allowed ones."""
   if value not in allowed:
-    raise ValueError(f"{name}={value!r} is not a known option; choose one of "
-                     f"{', '.join(allowed)}.")
+    raise ValueError(f"{name}={value!r} is not a known option; choose one of {', '.join(allowed)}.")
 
 
 def check_int(name: str, value: Any, minimum: int) -> None:
@@ -35,9 +34,13 @@ def check_float(name: str, value: Any, positive: bool) -> None:
     raise ValueError(f"{name}={value!r} is invalid: it must be a finite number {bound}.")
 
 
-def check_fields(config: Any, choices: dict[str, tuple[str, ...]] = None,
-                 min_ints: dict[int, tuple[str, ...]] = None,
-                 positive: tuple[str, ...] = (), nonnegative: tuple[str, ...] = ()) -> None:
+def check_fields(
+  config: Any,
+  choices: dict[str, tuple[str, ...]] = None,
+  min_ints: dict[int, tuple[str, ...]] = None,
+  positive: tuple[str, ...] = (),
+  nonnegative: tuple[str, ...] = (),
+) -> None:
   """The checks above over a config's fields, in one call.
 
   Args:
