@@ -12,6 +12,7 @@ import pytest
 from absl import flags
 
 from bpm_jax import fused_step, xla
+from tests.a2c_tiny import TINY
 from train import a2c, a2c_learner, a2c_train
 from train import a2c_loss as losses
 from train import checkpoint as checkpoint_lib
@@ -19,20 +20,6 @@ from train import inspect as agent_inspect
 from train import metrics as metrics_lib
 from train import run as run_lib
 from train.a2c_config import A2CConfig, a2c_defaults, paper_defaults, resolve_step_impl
-
-# Tiny sizes: every run below compiles in seconds and runs in milliseconds.
-# burn_in=0: the updates of these few iterations are applied.
-TINY = dict(
-  hidden_size=8,
-  batch_size=3,
-  episode_length=12,
-  iterations=2,
-  chunk_size=2,
-  checkpoint_every=2,
-  progress=False,
-  fast_compile=True,
-  burn_in=0,
-)
 
 
 def tiny(env="CueReward-v0", network="modplast", **overrides):

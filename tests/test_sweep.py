@@ -8,22 +8,11 @@ import numpy as np
 import pytest
 from absl import flags
 
+from tests.a2c_tiny import TINY
 from train import a2c_learner, a2c_train, sweep
 from train import inspect as agent_inspect
 from train import metrics as metrics_lib
 from train.a2c_config import HPARAM_FIELDS, a2c_defaults
-
-TINY = dict(
-  hidden_size=8,
-  batch_size=3,
-  episode_length=12,
-  iterations=2,
-  chunk_size=2,
-  checkpoint_every=2,
-  progress=False,
-  fast_compile=True,
-  burn_in=0,
-)
 
 
 def tiny(**overrides):

@@ -132,12 +132,10 @@ def train_and_evaluate(
   per_agent = learner_lib.hparams_per_agent(hparams, config.num_seeds)
   spec = learner_lib.make_spec(config)
   config = config.replace(step_impl=spec.config.step_impl)  # As used: config.json.
-  with run_lib.Run(
+  with run_lib.Run.for_config(
     workdir,
-    resume=config.resume,
-    keep_checkpoints=config.keep_checkpoints,
+    config,
     unit="iteration",
-    settings=config.to_dict(),
     run_control=RUN_CONTROL_FIELDS,
     read_saved=A2CConfig.saved_settings,
   ) as run:

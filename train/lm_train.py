@@ -276,14 +276,8 @@ def train_and_evaluate(config: LMTrainConfig, workdir: str) -> dict[str, Any]:
   data = _load_data(config)
   model_config = config.resolve_model_config(data.corpus.vocab_size)
   num_params = lm.count_params(model_config)
-  with run_lib.Run(
-    workdir,
-    resume=config.resume,
-    keep_checkpoints=config.keep_checkpoints,
-    unit="epoch",
-    settings=config.to_dict(),
-    run_control=RUN_CONTROL_FIELDS,
-    read_saved=saved_settings,
+  with run_lib.Run.for_config(
+    workdir, config, unit="epoch", run_control=RUN_CONTROL_FIELDS, read_saved=saved_settings
   ) as run:
     state, metadata = run.restore_or_init(
       abstract_state=lambda: abstract_state(model_config, config.num_seeds),

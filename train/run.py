@@ -138,6 +138,27 @@ class Run:
     self._progress: Optional[metrics_lib.Progress] = None
     self.resumed = False
 
+  @classmethod
+  def for_config(
+    cls,
+    workdir: str,
+    config: Any,
+    *,
+    unit: str,
+    run_control: Collection[str],
+    read_saved: Callable[[Any], Mapping[str, Any]],
+  ) -> "Run":
+    """A `Run` of a trainer config (its `resume`, `keep_checkpoints`, `to_dict()`)."""
+    return cls(
+      workdir,
+      resume=config.resume,
+      keep_checkpoints=config.keep_checkpoints,
+      unit=unit,
+      settings=config.to_dict(),
+      run_control=run_control,
+      read_saved=read_saved,
+    )
+
   # --- Opening.
 
   def __enter__(self) -> "Run":
