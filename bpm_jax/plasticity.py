@@ -294,6 +294,7 @@ def rnn_step(
   x_drive: Array,
   config: PlasticityConfig,
   clip_value: Array | float,
+  clamp: Optional[Array] = None,
 ) -> tuple[RNNState, tuple[Array, Array]]:
   """Plastic recurrent step (SPEC.md §2, §3).
 
@@ -305,6 +306,9 @@ def rnn_step(
     x_drive: [H] input drive `x_t @ W_in + b_in`.
     config: the variant.
     clip_value: c.
+    clamp: optional [H] clamped inputs (SPEC.md §5.5): a neuron whose clamp
+      value is non-zero takes exactly that value as h_t (before the traces
+      are updated, so the Hebbian term sees the clamped activity).
 
   Returns:
     (new state, (h_t [H], m_t [K])).
@@ -313,6 +317,8 @@ def rnn_step(
   h = jnp.tanh(
     x_drive + plastic_drive(h_tm1, params.w, params.alpha, state.traces.hebb, config.alpha_kind)
   )
+  if clamp is not None:
+    h = jnp.where(clamp != 0, clamp, h)
   traces, m = update_traces(params, state.traces, h_tm1, h, h, config, clip_value)
   return RNNState(h=h, traces=traces), (h, m)
 

@@ -16,13 +16,15 @@ from gymnax.environments import environment
 
 from envs.cue_reward import CueReward
 from envs.grid_maze import GridMaze
+from envs.image_completion import ImageCompletion
+from envs.pattern_completion import PatternCompletion
 
 
 @dataclasses.dataclass(frozen=True)
 class EnvSpec:
   """An environment class plus the constructor arguments an id fixes."""
 
-  env_class: type[environment.Environment]
+  env_class: type
   fixed_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
 
   def factory(self) -> Callable[..., environment.Environment]:
@@ -39,14 +41,22 @@ _SPECS: dict[str, EnvSpec] = {
   "GridMaze-v0": EnvSpec(GridMaze),
 }
 
+# Supervised episodic tasks (SPEC §5.4-5.5): `sample_episode(key, params)`, no `step`.
+_TASK_SPECS: dict[str, EnvSpec] = {
+  "PatternCompletion-v0": EnvSpec(PatternCompletion),
+  "ImageCompletion-v0": EnvSpec(ImageCompletion),
+}
+
 registered_envs: tuple[str, ...] = tuple(_SPECS)
+registered_tasks: tuple[str, ...] = tuple(_TASK_SPECS)
 
 
 def make(env_id: str, **kwargs: Any) -> tuple[environment.Environment, Any]:
   """Builds an environment and its validated params.
 
   Args:
-    env_id: one of `registered_envs`.
+    env_id: one of `registered_envs` (gymnax environments) or
+      `registered_tasks` (episodic tasks with `sample_episode`).
     **kwargs: constructor arguments (shape-changing, e.g. `maze_size`,
       `n_cues`) and/or `EnvParams` fields (e.g. `max_steps_in_episode`,
       `reward`); each keyword goes where its name belongs.
@@ -57,9 +67,10 @@ def make(env_id: str, **kwargs: Any) -> tuple[environment.Environment, Any]:
   Raises:
     ValueError: unknown id, unknown keyword or invalid value.
   """
-  if env_id not in _SPECS:
-    raise ValueError(f"Unknown env_id {env_id!r}; known ids: {', '.join(_SPECS)}.")
-  spec = _SPECS[env_id]
+  specs = {**_SPECS, **_TASK_SPECS}
+  if env_id not in specs:
+    raise ValueError(f"Unknown env_id {env_id!r}; known ids: {', '.join(specs)}.")
+  spec = specs[env_id]
   constructor_args = spec.constructor_args()
   env_kwargs = {k: v for k, v in kwargs.items() if k in constructor_args}
   env = spec.factory()(**env_kwargs)

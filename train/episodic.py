@@ -1,0 +1,69 @@
+"""`python -m train.episodic`: supervised meta-learning on the completion tasks (flags only).
+
+Flags not given take the task's reference settings (`train.episodic_config`):
+
+    python -m train.episodic --task=PatternCompletion-v0 --network=plastic \
+        --num_seeds=3 --workdir=runs/patterns_plastic        # 2000 episodes
+    python -m train.episodic --task=PatternCompletion-v0 --network=rnn --workdir=runs/patterns_rnn
+    python -m train.episodic --task=ImageCompletion-v0 --network=plastic \
+        --iterations=3000 --workdir=runs/images_plastic
+    python -m train.episodic --workdir=runs/images_plastic --resume --iterations=6000
+
+The library: `train.episodic_learner` (pure functions, `make_train`),
+`train.episodic_train` (the host loop, `train_and_evaluate`); pictures with
+`python -m train.episodic_plots --workdirs=runs/patterns_plastic,runs/patterns_rnn`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+from train import flags as flags_lib
+from train import run as run_lib
+from train.episodic_config import CHOICES, EpisodicConfig, episodic_defaults
+from train.episodic_train import load_config, train_and_evaluate
+
+
+def define_flags(flag_values=None) -> None:
+  """One flag per EpisodicConfig field (default None: the task's reference value)."""
+  flags_lib.define_config_flags(
+    EpisodicConfig,
+    CHOICES,
+    flag_values,
+    lambda field: "PatternCompletion-v0" if field.name == "task" else None,
+  )
+
+
+def config_from_flags(flag_values) -> EpisodicConfig:
+  """EpisodicConfig from parsed flags; flags not given take the task's reference settings.
+
+  With `--resume` and a `config.json` in the workdir, flags not given take the
+  saved run's values instead.
+
+  Raises:
+    ValueError: an invalid value, naming the flag and what is allowed.
+  """
+  given = {}
+  for field in dataclasses.fields(EpisodicConfig):
+    value = flag_values[field.name].value
+    if value is not None and field.name != "task":
+      given[field.name] = value
+  flags_lib.require_workdir(flag_values)
+  saved = flags_lib.saved_config_for_resume(
+    flag_values, run_lib.CONFIG_JSON, lambda path: load_config(os.path.dirname(path)).to_dict()
+  )
+  with flags_lib.as_flag_errors(EpisodicConfig):
+    if saved is not None:
+      if flag_values["task"].present:
+        given["task"] = flag_values["task"].value
+      return EpisodicConfig.from_dict(dict(saved, **given))
+    return episodic_defaults(flag_values["task"].value, **given)
+
+
+def main(argv):
+  flags_lib.run_main(argv, config_from_flags, train_and_evaluate)
+
+
+if __name__ == "__main__":
+  flags_lib.run_cli(define_flags, main)
