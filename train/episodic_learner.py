@@ -38,7 +38,7 @@ class EpisodicTrainState:
   params: PyTree  # The network's variables.
   opt_state: optax.OptState
   iteration: Array  # [] int32, optimiser steps taken.
-  key: Array  # [] PRNG key for the next episodes.
+  key: Array  # [2] uint32 raw PRNG key data (`jax.random.key_data`) for the next episodes.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,7 +93,7 @@ def init(spec: EpisodicSpec, key: Array) -> EpisodicTrainState:
     params=params,
     opt_state=spec.optimizer.init(params),
     iteration=jnp.int32(0),
-    key=key_run,
+    key=jax.random.key_data(key_run),
   )
 
 
@@ -122,7 +122,7 @@ def train_step(
   spec: EpisodicSpec, task_params: Any, state: EpisodicTrainState
 ) -> tuple[EpisodicTrainState, dict[str, Array]]:
   """One Adam step on `batch_size` fresh episodes; metrics: loss, bit_error, finite."""
-  key, key_episodes = jax.random.split(state.key)
+  key, key_episodes = jax.random.split(jax.random.wrap_key_data(state.key))
   episodes = sample_episodes(spec, task_params, key_episodes, spec.config.batch_size)
   grads, scores = jax.grad(lambda p: _batch_loss(spec, p, episodes), has_aux=True)(state.params)
   updates, opt_state = spec.optimizer.update(grads, state.opt_state, state.params)
@@ -131,7 +131,7 @@ def train_step(
     jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves((grads, params))])
   )
   new_state = EpisodicTrainState(
-    params=params, opt_state=opt_state, iteration=state.iteration + 1, key=key
+    params=params, opt_state=opt_state, iteration=state.iteration + 1, key=jax.random.key_data(key)
   )
   return new_state, dict(scores, finite=finite)
 
