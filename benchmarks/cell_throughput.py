@@ -145,7 +145,7 @@ def init_params(
     {"input_kernel": [I, H], "input_bias": [H], "plastic": PlasticParams
     (w [H, H], ...), "readout": [H, A]}.
   """
-  cell = cells.PlasticRNNCell(hidden_size=hidden_size, config=config)
+  cell = cells.PlasticRNNCell(features=hidden_size, config=config)
   key_cell, key_out = jax.random.split(jax.random.key(seed))
   x = jnp.zeros((1, num_inputs))
   variables = cell.init(key_cell, cell.initialize_carry(key_cell, x.shape), x)

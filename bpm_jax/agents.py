@@ -51,7 +51,7 @@ class ActorCritic(nn.Module):
   def setup(self):
     init = uniform_range(0.0, self.init_scale)
     self.cell = PlasticRNNCell(
-      hidden_size=self.hidden_size,
+      features=self.hidden_size,
       config=self.config,
       clip_value=self.clip_value,
       step_impl=self.step_impl,
@@ -85,5 +85,5 @@ class ActorCritic(nn.Module):
   @nn.nowrap
   def initialize_carry(self, batch_shape: tuple[int, ...]) -> plasticity.RNNState:
     """Zero hidden state and traces for a fresh episode: h [*batch, H], traces [*batch, H, H]."""
-    cell = PlasticRNNCell(hidden_size=self.hidden_size, config=self.config, parent=None)
+    cell = PlasticRNNCell(features=self.hidden_size, config=self.config, parent=None)
     return cell.initialize_carry(None, tuple(batch_shape) + (1,))

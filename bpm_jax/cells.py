@@ -5,9 +5,14 @@ dimensions of the inputs are handled with `jax.vmap` (the core is unbatched).
 Both are `flax.linen.RNNCellBase` subclasses, so they work in `nn.RNN` and
 `nn.scan`:
 
-    cell = PlasticRNNCell(hidden_size=200, config=PlasticityConfig("modplast"))
+    cell = PlasticRNNCell(features=200, config=PlasticityConfig("modplast"))
     carry = cell.initialize_carry(key, (batch, num_inputs))
     carry, h = cell(carry, x)          # x [B, I], h [B, H]
+
+As in Flax's own cells (`nn.LSTMCell(features=...)`), the number of hidden
+units H is `features`, and `kernel_init`/`bias_init`/`param_dtype` configure
+the input projection and the parameters. `hidden_size=` is a deprecated alias
+of `features` (a DeprecationWarning; `cell.hidden_size` is then None).
 
 The modulation signal m_t [..., K] is recorded with
 `sow("intermediates", "modulation", m)` and, with `return_modulation=True`,
@@ -18,6 +23,9 @@ from __future__ import annotations
 
 import functools
 import math
+import os
+import sys
+import warnings
 from typing import Any, Callable, Optional
 
 import flax.linen as nn
@@ -105,6 +113,48 @@ def check_modulators(owner: str, config: PlasticityConfig, post: int) -> None:
       "postsynaptic units they would gate without fan-out; use fewer "
       "modulators or fan_out=True."
     )
+
+
+def _user_stacklevel() -> int:
+  """The `warnings.warn` stacklevel of the first caller outside this file and Flax."""
+  flax_dir = os.path.dirname(os.path.dirname(os.path.abspath(nn.__file__))) + os.sep
+  here = os.path.abspath(__file__)
+  frame, level = sys._getframe(2), 2  # 1: warnings.warn's caller; 2: its caller.
+  while frame is not None:
+    name = frame.f_code.co_filename
+    internal = name == "<string>" or os.path.abspath(name) == here or name.startswith(flax_dir)
+    if not internal:
+      return level
+    frame, level = frame.f_back, level + 1
+  return 2
+
+
+def _resolve_features(module: nn.Module) -> None:
+  """Checks `module.features` (H), taking it from the deprecated `hidden_size=`.
+
+  Call first in `__post_init__`. After it `features` holds H and `hidden_size`
+  is None, so Flax's clones of the module do not warn again.
+
+  Raises:
+    ValueError: neither given, both given with different values, or H < 1.
+  """
+  owner = type(module).__name__
+  if module.hidden_size is not None:
+    warnings.warn(
+      f"{owner}(hidden_size=...) is deprecated: use features=..., as in Flax's "
+      "cells (nn.LSTMCell(features=...)).",
+      DeprecationWarning,
+      stacklevel=_user_stacklevel(),
+    )
+    if module.features is not None and module.features != module.hidden_size:
+      raise ValueError(
+        f"{owner}: features={module.features!r} and the deprecated "
+        f"hidden_size={module.hidden_size!r} differ; give only features."
+      )
+    module.features, module.hidden_size = module.hidden_size, None
+  if module.features is None:
+    raise ValueError(f"{owner}: features (H, the number of hidden units) is required.")
+  check_positive(owner, "features", module.features)
 
 
 STEP_IMPLS = ("reference", "fast", "fused")
@@ -216,7 +266,7 @@ class PlasticRNNCell(nn.RNNCellBase):
   """Plastic recurrent layer: h_t = tanh(x W_in + b + h_tm1 (W + alpha Hebb)).
 
   Attributes:
-    hidden_size: H.
+    features: H, the number of hidden units (required).
     config: the plasticity variant (`network` selects rnn/plastic/modplast/retromod).
     clip_value: trace bound c (1.0 in the cue-reward task and maze); may be a
       traced scalar so a sweep can vmap over it.
@@ -230,9 +280,15 @@ class PlasticRNNCell(nn.RNNCellBase):
       backward pass that saves far less per step) or `fused`
       (`bpm_jax.fused_step.rnn_step_fused`: C++ CPU kernels over the whole
       batch, the papers' configurations only; equal to float32 rounding).
+    kernel_init: initializer of the input kernel W_in [I, H] (PyTorch's
+      nn.Linear default, U(-1/sqrt(I), 1/sqrt(I))).
+    bias_init: initializer of the input bias b [H]; None: PyTorch's default,
+      U(-1/sqrt(I), 1/sqrt(I)).
+    param_dtype: dtype of every parameter and of the carry.
+    hidden_size: deprecated alias of `features` (None after construction).
   """
 
-  hidden_size: int
+  features: Optional[int] = None
   config: PlasticityConfig = PlasticityConfig()
   clip_value: Any = 1.0
   step_impl: str = "reference"
@@ -241,11 +297,14 @@ class PlasticRNNCell(nn.RNNCellBase):
   eta_init: float = 0.1
   plain_eta_init: float = 0.1
   return_modulation: bool = False
+  kernel_init: Initializer = torch_kernel_init
+  bias_init: Optional[Initializer] = None
   param_dtype: Any = jnp.float32
+  hidden_size: Optional[int] = None
 
   def __post_init__(self):
-    check_positive(type(self).__name__, "hidden_size", self.hidden_size)
-    check_modulators(type(self).__name__, self.config, self.hidden_size)
+    _resolve_features(self)
+    check_modulators(type(self).__name__, self.config, self.features)
     check_step_impl(type(self).__name__, self.step_impl, self.config)
     super().__post_init__()
 
@@ -260,11 +319,11 @@ class PlasticRNNCell(nn.RNNCellBase):
         With `step_impl="fused"` the T steps are one kernel call per
         direction (`fused_step.rnn_sequence_fused`), else a `lax.scan`.
     """
-    hsize = self.hidden_size
+    hsize = self.features
     x_drive = nn.Dense(
       hsize,
-      kernel_init=torch_kernel_init,
-      bias_init=torch_bias_init(x.shape[-1]),
+      kernel_init=self.kernel_init,
+      bias_init=self.bias_init or torch_bias_init(x.shape[-1]),
       param_dtype=self.param_dtype,
       name="input",
     )(x)
@@ -299,12 +358,10 @@ class PlasticRNNCell(nn.RNNCellBase):
     """Zero h [..., H] and traces [..., H, H] for batch dims `input_shape[:-1]`."""
     del rng
     batch = tuple(input_shape[:-1])
-    traces = plasticity.init_traces(
-      self.config, self.hidden_size, self.hidden_size, self.param_dtype
-    )
+    traces = plasticity.init_traces(self.config, self.features, self.features, self.param_dtype)
     traces = jax.tree.map(lambda t: jnp.broadcast_to(t, batch + t.shape), traces)
     return plasticity.RNNState(
-      h=jnp.zeros(batch + (self.hidden_size,), self.param_dtype), traces=traces
+      h=jnp.zeros(batch + (self.features,), self.param_dtype), traces=traces
     )
 
   @property
@@ -316,7 +373,7 @@ class PlasticLSTMCell(nn.RNNCellBase):
   """Plastic LSTM (SPEC.md §4): plasticity on the h_tm1 -> cell-candidate path.
 
   Attributes:
-    hidden_size: H.
+    features: H, the number of hidden units (required).
     config: the plasticity variant.
     clip_value: trace bound c (2.0 for the LSTMs).
     plastic_gates: extension (off by default): the i, f, o gate paths are
@@ -327,9 +384,14 @@ class PlasticLSTMCell(nn.RNNCellBase):
     alpha_init: initializer of alpha.
     eta_init, plain_eta_init: initial rates.
     return_modulation: if True the output is `(h, m)`.
+    kernel_init: initializer of the input kernel [I, 4H] (None: the uniform
+      init of `init_scale`).
+    bias_init: initializer of the input bias [4H] (zeros).
+    param_dtype: dtype of every parameter and of the carry.
+    hidden_size: deprecated alias of `features` (None after construction).
   """
 
-  hidden_size: int
+  features: Optional[int] = None
   config: PlasticityConfig = PlasticityConfig()
   clip_value: Any = 2.0
   plastic_gates: bool = False
@@ -339,27 +401,29 @@ class PlasticLSTMCell(nn.RNNCellBase):
   eta_init: float = 0.01
   plain_eta_init: float = 0.01
   return_modulation: bool = False
+  kernel_init: Optional[Initializer] = None
+  bias_init: Initializer = nn.initializers.zeros
   param_dtype: Any = jnp.float32
+  hidden_size: Optional[int] = None
 
   def __post_init__(self):
-    check_positive(type(self).__name__, "hidden_size", self.hidden_size)
-    post = self.hidden_size * (4 if self.plastic_gates else 1)
-    check_modulators(type(self).__name__, self.config, post)
+    _resolve_features(self)
+    check_modulators(type(self).__name__, self.config, self.post_size)
     super().__post_init__()
 
   @property
   def post_size(self) -> int:
-    return self.hidden_size * (4 if self.plastic_gates else 1)
+    return self.features * (4 if self.plastic_gates else 1)
 
   @nn.compact
   def __call__(self, carry: plasticity.LSTMState, x: Array):
     """carry: LSTMState with leading batch dims; x: [..., I]."""
-    hsize = self.hidden_size
+    hsize = self.features
     uniform = uniform_range(-self.init_scale, self.init_scale)
     x_drive = nn.Dense(
       4 * hsize,
-      kernel_init=uniform,
-      bias_init=nn.initializers.zeros,
+      kernel_init=self.kernel_init or uniform,
+      bias_init=self.bias_init,
       param_dtype=self.param_dtype,
       name="input",
     )(x)
@@ -390,9 +454,9 @@ class PlasticLSTMCell(nn.RNNCellBase):
     """Zero h, c [..., H] and traces [..., H, P] for batch dims `input_shape[:-1]`."""
     del rng
     batch = tuple(input_shape[:-1])
-    traces = plasticity.init_traces(self.config, self.hidden_size, self.post_size, self.param_dtype)
+    traces = plasticity.init_traces(self.config, self.features, self.post_size, self.param_dtype)
     traces = jax.tree.map(lambda t: jnp.broadcast_to(t, batch + t.shape), traces)
-    zeros = jnp.zeros(batch + (self.hidden_size,), self.param_dtype)
+    zeros = jnp.zeros(batch + (self.features,), self.param_dtype)
     return plasticity.LSTMState(h=zeros, c=zeros, traces=traces)
 
   @property

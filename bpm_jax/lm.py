@@ -162,7 +162,7 @@ class PlasticLSTMLanguageModel(nn.Module):
     carries = []
     for layer in range(cfg.num_layers):
       cell = PlasticLSTMCell(
-        hidden_size=cfg.hidden_size,
+        features=cfg.hidden_size,
         config=cfg.plasticity_config(),
         plastic_gates=cfg.plastic_gates,
         parent=None,
@@ -207,7 +207,7 @@ class PlasticLSTMLanguageModel(nn.Module):
       # parameter tree, much faster to trace than the scan.
       cell_type = PlasticLSTMCell if tokens.shape[1] == 1 else scan_cell
       cell = cell_type(
-        hidden_size=cfg.hidden_size,
+        features=cfg.hidden_size,
         config=cfg.plasticity_config(),
         clip_value=cfg.clip_value,
         plastic_gates=cfg.plastic_gates,

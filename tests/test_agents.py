@@ -57,7 +57,7 @@ def test_heads_read_the_cell_hidden_state():
   params, carry, obs = _init(agent)
   p = params["params"]
   cell = PlasticRNNCell(
-    hidden_size=H, config=PlasticityConfig("modplast"), clip_value=0.5, return_modulation=True
+    features=H, config=PlasticityConfig("modplast"), clip_value=0.5, return_modulation=True
   )
   for _ in range(3):
     want_carry, (h, m) = cell.apply({"params": p["cell"]}, carry, obs)

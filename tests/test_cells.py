@@ -1,5 +1,7 @@
 """The Flax cells: they declare parameters and call the pure core."""
 
+import warnings
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -26,7 +28,7 @@ def _episode(cell, variables, xs):
 @pytest.mark.parametrize("network", NETWORKS)
 def test_cell_in_flax_rnn_equals_manual_steps(cell_cls, network):
   config = PlasticityConfig(network=network, fan_out=network != "plastic")
-  cell = cell_cls(hidden_size=6, config=config, return_modulation=True)
+  cell = cell_cls(features=6, config=config, return_modulation=True)
   xs = jax.random.normal(jax.random.key(1), (3, 9, 4))
   variables = cell.init(
     jax.random.key(2), cell.initialize_carry(jax.random.key(0), (3, 4)), xs[:, 0]
@@ -48,7 +50,7 @@ def test_cell_in_flax_rnn_equals_manual_steps(cell_cls, network):
 def test_rnn_cell_calls_core_with_its_params():
   """The cell computes exactly plasticity.rnn_step on its own parameters."""
   config = PlasticityConfig(network="retromod", fan_out=True)
-  cell = PlasticRNNCell(hidden_size=5, config=config, clip_value=0.7)
+  cell = PlasticRNNCell(features=5, config=config, clip_value=0.7)
   x = jax.random.normal(jax.random.key(3), (4,))
   carry = cell.initialize_carry(None, x.shape)
   variables = cell.init(jax.random.key(4), carry, x)
@@ -64,7 +66,7 @@ def test_rnn_cell_calls_core_with_its_params():
 
 def test_rnn_cell_reference_initialisation():
   """SPEC §3.4: W, alpha ~ U(0, 0.01); Linear layers as PyTorch's default."""
-  cell = PlasticRNNCell(hidden_size=200, config=PlasticityConfig(network="modplast"))
+  cell = PlasticRNNCell(features=200, config=PlasticityConfig(network="modplast"))
   x = jnp.zeros((27,))
   params = cell.init(jax.random.key(0), cell.initialize_carry(None, x.shape), x)["params"]
   for name in ("w", "alpha"):
@@ -82,7 +84,7 @@ def test_eta_init_and_alpha_kinds_shapes():
   x = jnp.zeros((3,))
   for kind, shape in [("full", (4, 4)), ("per_neuron", (1, 4)), ("single", ())]:
     cell = PlasticRNNCell(
-      hidden_size=4, eta_init=0.01, config=PlasticityConfig(network="retromod", alpha_kind=kind)
+      features=4, eta_init=0.01, config=PlasticityConfig(network="retromod", alpha_kind=kind)
     )
     params = cell.init(jax.random.key(0), cell.initialize_carry(None, x.shape), x)["params"]
     assert params["alpha"].shape == shape
@@ -91,7 +93,7 @@ def test_eta_init_and_alpha_kinds_shapes():
 
 def test_lstm_plastic_gates_shapes():
   cell = PlasticLSTMCell(
-    hidden_size=5, plastic_gates=True, config=PlasticityConfig(network="modplast", fan_out=True)
+    features=5, plastic_gates=True, config=PlasticityConfig(network="modplast", fan_out=True)
   )
   x = jnp.ones((2, 3))
   carry = cell.initialize_carry(None, x.shape)
@@ -106,7 +108,7 @@ def test_lstm_plastic_gates_shapes():
 
 
 def test_modulation_is_sown():
-  cell = PlasticRNNCell(hidden_size=4, config=PlasticityConfig(num_modulators=2))
+  cell = PlasticRNNCell(features=4, config=PlasticityConfig(num_modulators=2))
   x = jnp.ones((3, 2))
   carry = cell.initialize_carry(None, x.shape)
   variables = cell.init(jax.random.key(0), carry, x)
@@ -117,13 +119,13 @@ def test_modulation_is_sown():
 
 def test_multiple_batch_dims_and_nn_scan():
   """Leading batch dims are vmapped; the cell also runs inside nn.scan."""
-  cell = PlasticRNNCell(hidden_size=4, config=PlasticityConfig(network="retromod"))
+  cell = PlasticRNNCell(features=4, config=PlasticityConfig(network="retromod"))
   xs = jax.random.normal(jax.random.key(0), (5, 2, 3, 6))  # [T, B1, B2, I]
   carry = cell.initialize_carry(None, xs[0].shape)
   assert carry.traces.hebb.shape == (2, 3, 4, 4)
   variables = cell.init(jax.random.key(1), carry, xs[0])
   scan = nn.scan(PlasticRNNCell, variable_broadcast="params", split_rngs={"params": False})
-  _, hs = scan(hidden_size=4, config=cell.config).apply(variables, carry, xs)
+  _, hs = scan(features=4, config=cell.config).apply(variables, carry, xs)
   c = carry
   for t in range(5):
     c, h = cell.apply(variables, c, xs[t])
@@ -133,13 +135,13 @@ def test_multiple_batch_dims_and_nn_scan():
 def test_clip_value_can_be_traced_and_vmapped():
   config = PlasticityConfig(network="modplast")
   x = jnp.ones((3,)) * 3.0
-  variables = PlasticRNNCell(hidden_size=4, config=config).init(
+  variables = PlasticRNNCell(features=4, config=config).init(
     jax.random.key(0), PlasticRNNCell(4).initialize_carry(None, x.shape), x
   )
   variables = jax.tree.map(lambda v: v * 100.0, variables)  # drive the traces to the bound
 
   def final_hebb(clip_value):
-    cell = PlasticRNNCell(hidden_size=4, config=config, clip_value=clip_value)
+    cell = PlasticRNNCell(features=4, config=config, clip_value=clip_value)
     carry = cell.initialize_carry(None, x.shape)
     for _ in range(3):
       carry, _ = cell.apply(variables, carry, x)
@@ -152,16 +154,76 @@ def test_clip_value_can_be_traced_and_vmapped():
 
 @pytest.mark.parametrize("cell_cls", [PlasticRNNCell, PlasticLSTMCell])
 def test_bad_cell_arguments_raise(cell_cls):
-  with pytest.raises(ValueError, match="hidden_size=0"):
-    cell_cls(hidden_size=0)
+  with pytest.raises(ValueError, match="features=0"):
+    cell_cls(features=0)
+  with pytest.raises(ValueError, match="features .* is required"):
+    cell_cls()
   with pytest.raises(ValueError, match="num_modulators=9"):
-    cell_cls(hidden_size=4, config=PlasticityConfig(num_modulators=9))
-  cell_cls(hidden_size=4, config=PlasticityConfig(num_modulators=9, fan_out=True))
+    cell_cls(features=4, config=PlasticityConfig(num_modulators=9))
+  cell_cls(features=4, config=PlasticityConfig(num_modulators=9, fan_out=True))
+
+
+@pytest.mark.parametrize("cell_cls", [PlasticRNNCell, PlasticLSTMCell])
+def test_features_follows_flax_cells(cell_cls):
+  """`features` is H, as in `nn.LSTMCell(features=...)`; positional works too."""
+  assert "features" in nn.LSTMCell.__dataclass_fields__  # The convention we follow.
+  config = PlasticityConfig(network="modplast")
+  x = jnp.ones((2, 3))
+  for cell in (cell_cls(features=5, config=config), cell_cls(5, config=config)):
+    assert cell.features == 5
+    carry = cell.initialize_carry(None, x.shape)
+    assert carry.h.shape == (2, 5)
+    _, h = cell.apply(cell.init(jax.random.key(0), carry, x), carry, x)
+    assert h.shape == (2, 5)
+
+
+@pytest.mark.parametrize("cell_cls", [PlasticRNNCell, PlasticLSTMCell])
+def test_hidden_size_is_a_deprecated_alias_of_features(cell_cls):
+  config = PlasticityConfig(network="retromod")
+  x = jnp.ones((2, 3))
+  with pytest.warns(
+    DeprecationWarning, match=r"hidden_size=\.\.\.\) is deprecated.*features"
+  ) as rec:
+    old = cell_cls(hidden_size=4, config=config)
+  assert rec[0].filename == __file__  # Points at the caller, not at Flax.
+  assert old.features == 4 and old.hidden_size is None
+  new = cell_cls(features=4, config=config)
+  carry = new.initialize_carry(None, x.shape)
+  variables = new.init(jax.random.key(0), carry, x)
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")  # Flax's clones of the old cell do not warn again.
+    got = old.apply(variables, old.initialize_carry(None, x.shape), x)
+    assert jax.tree.map(jnp.shape, old.init(jax.random.key(0), carry, x)) == jax.tree.map(
+      jnp.shape, variables
+    )
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(new.apply(variables, carry, x))):
+    np.testing.assert_array_equal(a, b)
+  with pytest.warns(DeprecationWarning), pytest.raises(ValueError, match="differ"):
+    cell_cls(features=4, hidden_size=5)
+
+
+@pytest.mark.parametrize("cell_cls", [PlasticRNNCell, PlasticLSTMCell])
+def test_input_kernel_and_bias_init_and_param_dtype(cell_cls):
+  """Flax-style `kernel_init`/`bias_init` set the input projection; `param_dtype` every param."""
+  cell = cell_cls(
+    features=3,
+    kernel_init=nn.initializers.constant(0.25),
+    bias_init=nn.initializers.constant(-0.5),
+  )
+  x = jnp.ones((2,))
+  params = cell.init(jax.random.key(0), cell.initialize_carry(None, x.shape), x)["params"]
+  np.testing.assert_array_equal(params["input"]["kernel"], 0.25)
+  np.testing.assert_array_equal(params["input"]["bias"], -0.5)
+  half = cell_cls(features=3, param_dtype=jnp.bfloat16)
+  carry = half.initialize_carry(None, x.shape)
+  assert carry.h.dtype == jnp.bfloat16
+  for leaf in jax.tree.leaves(half.init(jax.random.key(0), carry, x)):
+    assert leaf.dtype == jnp.bfloat16
 
 
 def test_gradients_flow_to_every_parameter():
   config = PlasticityConfig(network="retromod", fan_out=True, partial_modulation=True)
-  cell = PlasticRNNCell(hidden_size=6, config=config)
+  cell = PlasticRNNCell(features=6, config=config)
   xs = jax.random.normal(jax.random.key(0), (2, 12, 3))
   rnn = nn.RNN(cell)
   variables = rnn.init(jax.random.key(1), xs)
@@ -175,7 +237,7 @@ def test_gradients_flow_to_every_parameter():
 def test_batched_gradients_equal_sum_of_per_example_gradients(cell_cls):
   """`cells.batched` (params broadcast with a dot-transpose) is exact."""
   config = PlasticityConfig(network="retromod", eta_kind="full")
-  cell = cell_cls(hidden_size=5, config=config)
+  cell = cell_cls(features=5, config=config)
   xs = jax.random.normal(jax.random.key(0), (3, 2, 7, 4))  # [B1, B2, T, I]
   rnn = nn.RNN(cell)
   variables = rnn.init(jax.random.key(1), xs)

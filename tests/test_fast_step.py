@@ -340,7 +340,7 @@ def test_cell_fast_equals_reference():
   def make(step_impl):
     return nn.RNN(
       cells.PlasticRNNCell(
-        hidden_size=H,
+        features=H,
         config=config,
         step_impl=step_impl,
         w_init=cells.uniform_range(-0.5, 0.5),

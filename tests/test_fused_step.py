@@ -198,7 +198,7 @@ def test_cell_fused_step_and_sequence_equal_reference():
   config = PlasticityConfig(network="retromod")
   x = jnp.asarray(np.random.default_rng(7).normal(0, 1, (T, 2, B, 5)), jnp.float32)
   make = lambda impl: cells.PlasticRNNCell(
-    hidden_size=H, config=config, step_impl=impl, alpha_init=nn.initializers.uniform(0.5)
+    features=H, config=config, step_impl=impl, alpha_init=nn.initializers.uniform(0.5)
   )
   carry = make("reference").initialize_carry(None, (2, B, 5))
   params = make("reference").init(jax.random.key(0), carry, x[0])
@@ -226,7 +226,7 @@ def test_cell_fused_step_and_sequence_equal_reference():
 )
 def test_unsupported_configs_name_the_setting_and_the_fix(config, message):
   with pytest.raises(ValueError, match=message) as info:
-    cells.PlasticRNNCell(hidden_size=4, config=config, step_impl="fused")
+    cells.PlasticRNNCell(features=4, config=config, step_impl="fused")
   assert "step_impl='fast'" in str(info.value)
 
 
