@@ -124,3 +124,19 @@ def test_flags_give_the_reference_defaults_and_reject_bad_values(tmp_path):
   fv(["prog", "--pattern_size=7", f"--workdir={tmp_path}"])
   with pytest.raises(ValueError, match="pattern_size"):
     episodic.config_from_flags(fv)
+
+
+def test_demo_reports_what_each_network_learned_and_reruns(tmp_path, monkeypatch, capsys):
+  from train import demo
+
+  small = {k: v for k, v in TINY.items() if k != "progress"}
+  monkeypatch.setattr(demo, "DEMO", dict(small, iterations=20))
+  monkeypatch.setattr(demo, "episodic_defaults", lambda task, **kw: tiny(**kw))
+  results = demo.run_demo(str(tmp_path), progress=False)
+  assert set(results) == {"plastic", "rnn"}
+  out = capsys.readouterr().out
+  assert "Wrong bits" in out and "curves.png" in out and "completions.png" in out
+  assert os.path.exists(tmp_path / "curves.png") and os.path.exists(tmp_path / "completions.png")
+  again = demo.run_demo(str(tmp_path), progress=False)  # Finished runs: reported, not redone.
+  assert again == results
+  assert "nothing to do" in capsys.readouterr().out

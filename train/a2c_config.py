@@ -54,6 +54,7 @@ RUN_CONTROL_FIELDS = (
   "checkpoint_every",
   "keep_checkpoints",
   "resume",
+  "overwrite",
   "progress",
   "fast_compile",
   "step_impl",
@@ -147,7 +148,7 @@ class A2CConfig(ConfigMixin, _RunFields, _PlasticFields):
     "numbers as reference, less memory) | reference (plain autodiff) | auto "
     "(fused where it applies and builds, i.e. on CPU, else fast; resolved "
     "when the run starts and recorded in config.json). Run control: a resumed "
-    "run may use another.",
+    "run may use another, and re-resolves auto.",
   )
   # --- A2C and optimiser (SPEC.md §5.3; the floats are traced, see A2CHParams).
   batch_size: int = field(30, "B, episodes per iteration.")
@@ -178,7 +179,7 @@ class A2CConfig(ConfigMixin, _RunFields, _PlasticFields):
     "than G = 1; with baseline=batch0 each group uses its own element 0.",
   )
   # --- Run control.
-  # (and seed, num_seeds, chunk_size, keep_checkpoints, resume, progress).
+  # (and seed, num_seeds, chunk_size, keep_checkpoints, resume, overwrite, progress).
   iterations: int = field(1000, "Training iterations (one batch of episodes each).")
   checkpoint_every: int = field(100, "Iterations between checkpoints.")
   fast_compile: bool = field(

@@ -90,8 +90,9 @@ def _rows(metrics: dict, start: int, steps_per_s: float) -> list[dict]:
 
 
 def load_config(workdir: str) -> A2CConfig:
-  with open(os.path.join(workdir, run_lib.CONFIG_JSON)) as f:
-    return A2CConfig.from_json(f.read())
+  """The A2CConfig saved in `workdir`: config.json's, else the latest checkpoint's."""
+  payload, _ = run_lib.saved_payload(workdir)
+  return A2CConfig.from_dict(A2CConfig.saved_settings(payload))
 
 
 def restore_state(
@@ -127,6 +128,9 @@ def train_and_evaluate(
     NonFiniteError: NaN/inf in loss, gradient or parameters (nothing of the
       bad iteration is saved; the last good checkpoint stays).
     checkpoint_lib.CheckpointError: unreadable checkpoint on --resume.
+    ValueError / run_lib.WorkdirError / run_lib.NothingToDo: the workdir rules
+      (see `train.run.claim_workdir`: in use, not ours, --resume without a
+      checkpoint or past --iterations, a changed setting, a file system error).
   """
   hparams = config.hparams() if hparams is None else hparams
   per_agent = learner_lib.hparams_per_agent(hparams, config.num_seeds)
@@ -138,6 +142,7 @@ def train_and_evaluate(
     unit="iteration",
     run_control=RUN_CONTROL_FIELDS,
     read_saved=A2CConfig.saved_settings,
+    outputs=(CURVES_PNG,),
   ) as run:
     state, _ = run.restore_or_init(
       abstract_state=lambda: abstract_state(spec, config.num_seeds),

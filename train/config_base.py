@@ -123,6 +123,9 @@ def run_fields(
     chunk_unit: what `chunk_size` counts ("Iterations", "Minibatches").
     chunk_size, keep_checkpoints: the trainer's defaults.
     resume_help: the help text of `resume`.
+
+  `resume` and `overwrite` are run control (`RUN_CONTROL_FIELDS`); a resumed
+  run never inherits `overwrite` from config.json (`train.flags.NOT_RESUMED`).
   """
   spec = [
     ("seed", int, field(0, f"{agent.capitalize()} s of num_seeds uses jax.random.key(seed + s).")),
@@ -134,6 +137,15 @@ def run_fields(
       field(keep_checkpoints, "How many of the latest checkpoints to keep."),
     ),
     ("resume", bool, field(False, resume_help)),
+    (
+      "overwrite",
+      bool,
+      field(
+        False,
+        "Replace the earlier run in the workdir (its checkpoints, metrics, config.json); "
+        "files that are not from a run are never deleted: the run refuses instead.",
+      ),
+    ),
     ("progress", bool, field(True, "Show a tqdm progress bar (--noprogress: off).")),
   ]
   return dataclasses.make_dataclass(name, spec, frozen=True)

@@ -40,6 +40,7 @@ RUN_CONTROL_FIELDS = (
   "checkpoint_every",
   "keep_checkpoints",
   "resume",
+  "overwrite",
   "progress",
   "fast_compile",
   "eval_every",

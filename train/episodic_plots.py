@@ -146,7 +146,7 @@ def plot_completions(workdirs: Sequence[str], out_path: str) -> str:
   n_items = results[0]["items"].shape[0]
   columns = n_items + 3
   fig, axes = plt.subplots(
-    len(results), columns, figsize=(1.6 * columns, 1.8 * len(results)), squeeze=False
+    len(results), columns, figsize=(1.6 * columns, 2.1 * len(results) + 0.4), squeeze=False
   )
   for row, result in zip(axes, results):
     panels = list(result["items"]) + [result["probe"], result["output"], result["target"]]

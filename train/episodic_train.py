@@ -78,8 +78,9 @@ def _score_columns(scores: dict, prefix: str, n: Optional[int] = None) -> dict[s
 
 
 def load_config(workdir: str) -> EpisodicConfig:
-  with open(os.path.join(workdir, run_lib.CONFIG_JSON)) as f:
-    return EpisodicConfig.from_json(f.read())
+  """The EpisodicConfig saved in `workdir`: config.json's, else the latest checkpoint's."""
+  payload, _ = run_lib.saved_payload(workdir)
+  return EpisodicConfig.from_dict(EpisodicConfig.saved_settings(payload))
 
 
 def restore_state(
@@ -116,6 +117,7 @@ def train_and_evaluate(
     unit="iteration",
     run_control=RUN_CONTROL_FIELDS,
     read_saved=EpisodicConfig.saved_settings,
+    outputs=(CURVES_PNG,),
   ) as run:
     state, _ = run.restore_or_init(
       abstract_state=lambda: abstract_state(spec), init=lambda: init_state(spec)

@@ -9,13 +9,24 @@ validators the configs use live in `train.validate`.
 
     if __name__ == "__main__":
       flags_lib.run_cli(define_flags, main)
+
+`run_cli` gives every entry point the same command line: `--help` (and
+`--helpshort`, `-h`) lists the project's own flags with their defaults
+(`--helpfull`: absl's and orbax's too), and a bad flag is one `ERROR:` line.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-from typing import Any, Callable, Iterator, Optional
+import sys
+import textwrap
+from typing import Any, Callable, Collection, Iterator, Optional
+
+# Help flags that print the project's flags (absl's --helpfull lists all).
+HELP_ARGS = ("--help", "-help", "-h", "--helpshort", "-helpshort", "-?")
+# Fields a resumed run never takes from the saved config (the flag, or its default, wins).
+NOT_RESUMED = ("overwrite",)
 
 
 def define_config_flags(
@@ -23,6 +34,7 @@ def define_config_flags(
   choices: dict[str, tuple[str, ...]],
   flag_values,
   default_of: Callable[[dataclasses.Field], Any],
+  default_help: Optional[Callable[[dataclasses.Field], Optional[str]]] = None,
 ) -> None:
   """Defines `--workdir` and one flag per field of `config_cls`.
 
@@ -31,6 +43,8 @@ def define_config_flags(
     choices: allowed values of the enum fields.
     flag_values: an absl FlagValues (None: the global FLAGS).
     default_of: a field's flag default (e.g. None to mean "the paper's").
+    default_help: a field's default in words, appended to its help as
+      "Default: ..." (for flags whose default is None, e.g. "200; GridMaze-v0: 100").
   """
   from absl import flags  # pylint: disable=g-import-not-at-top
 
@@ -49,6 +63,9 @@ def define_config_flags(
     name, help_text = field.name, field.metadata.get("help", "")
     kind = field.type if isinstance(field.type, str) else getattr(field.type, "__name__", "")
     default = default_of(field)
+    words = default_help(field) if default_help is not None else None
+    if words:
+      help_text = f"{help_text} Default: {words}."
     if name in choices:
       flags.DEFINE_enum(name, default, list(choices[name]), help_text, flag_values=fv)
     elif kind in definers:
@@ -63,35 +80,51 @@ def require_workdir(flag_values) -> None:
 
 
 def saved_config_for_resume(
-  flag_values, config_json: str, read: Callable[[str], dict[str, Any]]
+  flag_values,
+  config_json: str,
+  read: Callable[[str], dict[str, Any]],
+  fresh_on_resume: Collection[str] = (),
 ) -> dict[str, Any] | None:
-  """On --resume, the settings saved in `--workdir`/`config_json`; else None.
+  """On --resume, the settings saved in `--workdir`; else None.
 
   So that `--workdir=DIR --resume` alone continues a run: settings not given
   on the command line come from the run being resumed, not from the defaults.
   Flags that are given still win (and the trainer then refuses a changed
-  model setting, naming it).
+  model setting, naming it). The settings are config.json's or, when it is
+  missing, those the latest checkpoint recorded (`read` falls back to them).
 
   Args:
     flag_values: parsed flags with `--workdir` and `--resume`.
     config_json: the config file's name in the workdir.
-    read: parses the file at a path into a dict of config fields.
+    read: the workdir's `config_json` path -> its dict of config fields.
+    fresh_on_resume: fields never taken from the saved run (its flag or the
+      default wins), e.g. `step_impl`, whose `auto` is resolved afresh on
+      each machine; `overwrite` always is.
+
+  Raises:
+    ValueError: --resume of a workdir with neither config.json nor a
+      checkpoint, or unreadable saved settings.
   """
   import os  # pylint: disable=g-import-not-at-top
 
+  from train import run as run_lib  # pylint: disable=g-import-not-at-top
+
   if not flag_values["resume"].value:
     return None
-  path = os.path.join(flag_values["workdir"].value, config_json)
-  if not os.path.exists(path):
-    return None
+  workdir = flag_values["workdir"].value
+  path = os.path.join(workdir, config_json)
+  if not os.path.exists(path) and not run_lib.has_checkpoint(workdir):
+    raise ValueError(run_lib.checkpoint_lib.no_checkpoint(os.path.abspath(workdir)))
   try:
-    return read(path)
-  except (OSError, ValueError, KeyError, TypeError) as e:
+    saved = read(path)
+  except (OSError, ValueError, KeyError, TypeError, run_lib.checkpoint_lib.CheckpointError) as e:
+    where = path if os.path.exists(path) else f"the checkpoints of {workdir}"
     raise ValueError(
-      f"--resume: could not read the saved settings at {path} ({type(e).__name__}: "
+      f"--resume: could not read the saved settings at {where} ({type(e).__name__}: "
       f"{e}). Repair or delete that file and give every setting as a flag, or "
       "start a fresh --workdir."
     ) from e
+  return {k: v for k, v in saved.items() if k not in set(NOT_RESUMED) | set(fresh_on_resume)}
 
 
 @contextlib.contextmanager
@@ -111,12 +144,65 @@ def as_flag_errors(config_cls: type) -> Iterator[None]:
     raise ValueError(f"Invalid combination of flags: {message}") from e
 
 
-def run_cli(define_flags: Callable[[], None], main: Callable[[list[str]], None]) -> None:
-  """An entry point's `if __name__ == "__main__"`: define the flags, run `main`."""
-  from absl import app  # pylint: disable=g-import-not-at-top
+# --------------------------------------------------------------------------
+# --help.
 
+
+def _default_words(flag) -> Optional[str]:
+  if flag.default is None:
+    return None
+  if flag.boolean:
+    return "true" if flag.default else "false"
+  if isinstance(flag.default, (list, tuple)):
+    return ",".join(str(v) for v in flag.default)
+  return str(flag.default)
+
+
+def help_text(flag_values, names: Collection[str], doc: Optional[str]) -> str:
+  """The `--help` page: `doc` (the entry point's docstring), then the flags `names`.
+
+  Each flag (in the order given) with its help, its choices and its default;
+  `--helpfull` is named for the rest (absl's, orbax's, JAX's).
+  """
+  lines = [textwrap.dedent(doc).strip(), ""] if doc else []
+  lines.append("Flags (--helpfull also lists those of absl, JAX and orbax):")
+  for name in names:
+    flag = flag_values[name]
+    head = f"--[no]{name}" if flag.boolean else f"--{name}"  # Enum help starts with <a|b>.
+    text = f"{head}: {flag.help}"
+    words = _default_words(flag)
+    if words is not None:
+      text += f" (default: {words})"
+    lines.append(textwrap.fill(text, width=100, initial_indent="  ", subsequent_indent="      "))
+  return "\n".join(lines) + "\n"
+
+
+def run_cli(define_flags: Callable[[], None], main: Callable[[list[str]], None]) -> None:
+  """An entry point's `if __name__ == "__main__"`: define the flags, run `main`.
+
+  `--help` / `--helpshort` / `-h` print the entry point's docstring and the
+  flags `define_flags` defined (exit status 0); an `app.UsageError` of
+  `main` (a bad flag) is one `ERROR:` line on stderr, exit status 1.
+  """
+  from absl import app, flags  # pylint: disable=g-import-not-at-top
+
+  before = set(flags.FLAGS)
   define_flags()
-  app.run(main)
+  ours = [name for name in flags.FLAGS if name not in before]
+  argv = sys.argv[1 : sys.argv.index("--")] if "--" in sys.argv else sys.argv[1:]
+  if any(arg in HELP_ARGS for arg in argv):
+    doc = getattr(sys.modules.get("__main__"), "__doc__", None)
+    sys.stdout.write(help_text(flags.FLAGS, ours, doc))
+    sys.exit(0)
+
+  def one_line_usage_errors(argv: list[str]) -> None:
+    try:
+      main(argv)
+    except app.UsageError as e:
+      print(f"ERROR: {e}", file=sys.stderr, flush=True)
+      sys.exit(1)
+
+  app.run(one_line_usage_errors)
 
 
 def run_main(
@@ -132,17 +218,17 @@ def run_main(
   (ValueError / FileNotFoundError from `config_from_flags`) into a usage
   error before any work, runs `train(config, --workdir)`, and turns the
   `run_errors` it raises (default `train.run.RUN_ERRORS`: NaN, corrupt
-  checkpoint, bad data, ...) into one `ERROR:` line on stderr and exit
-  status 1. `flag_values`: default `absl.flags.FLAGS`.
+  checkpoint, a workdir in use or not ours, bad data, ...) and any OSError
+  into one `ERROR:` line on stderr and exit status 1. `train.run.NothingToDo`
+  (--resume of a finished run) prints its message; exit status 0.
+  `flag_values`: default `absl.flags.FLAGS`.
   """
-  import sys  # pylint: disable=g-import-not-at-top
-
   from absl import app, flags, logging  # pylint: disable=g-import-not-at-top
+
+  from train import run as run_lib  # pylint: disable=g-import-not-at-top
 
   flag_values = flags.FLAGS if flag_values is None else flag_values
   if run_errors is None:
-    from train import run as run_lib  # pylint: disable=g-import-not-at-top
-
     run_errors = run_lib.RUN_ERRORS
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -154,6 +240,11 @@ def run_main(
     raise app.UsageError(str(e)) from e
   try:
     train(config, flag_values["workdir"].value)
+  except run_lib.NothingToDo as e:
+    print(e, flush=True)
   except run_errors as e:
     print(f"ERROR: {e}", file=sys.stderr, flush=True)
+    sys.exit(1)
+  except OSError as e:  # From outside the run scaffold (e.g. a sweep's summary).
+    print(f"ERROR: {run_lib.describe_os_error(e, 'access')}", file=sys.stderr, flush=True)
     sys.exit(1)

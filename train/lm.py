@@ -1,4 +1,4 @@
-"""`python -m train.lm`: PTB language modelling with plastic LSTMs (flags only).
+r"""`python -m train.lm`: PTB language modelling with plastic LSTMs (flags only).
 
     python -m train.lm --data_dir=/path/to/ptb --network=retromod \
         --workdir=runs/ptb_retromod   # H matched to 4.8M parameters
@@ -35,8 +35,8 @@ def define_flags(flag_values=None) -> None:
 def config_from_flags(flag_values) -> LMTrainConfig:
   """LMTrainConfig from parsed flags, checking the data directory exists.
 
-  With `--resume` and a `config.json` in the workdir, flags not given take the
-  saved run's values (data directory included), so `--workdir=DIR --resume`
+  With `--resume`, flags not given take the saved run's values (config.json's,
+  or the checkpoint's; data directory included), so `--workdir=DIR --resume`
   alone continues it.
 
   Raises:

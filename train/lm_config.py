@@ -48,6 +48,7 @@ RUN_CONTROL_FIELDS = (
   "chunk_size",
   "keep_checkpoints",
   "resume",
+  "overwrite",
   "progress",
   "max_eval_minibatches",
 )
@@ -131,7 +132,7 @@ class LMTrainConfig(ConfigMixin, _RunFields, _ModelFields):
     "If > 0, score only the first N minibatches of valid and test (short "
     "runs; the perplexities are then partial, see results.json).",
   )
-  # (and seed, num_seeds, chunk_size, keep_checkpoints, resume, progress).
+  # (and seed, num_seeds, chunk_size, keep_checkpoints, resume, overwrite, progress).
 
   def __post_init__(self):
     check_fields(

@@ -16,7 +16,8 @@ data, so the last `< B * T + B` tokens of a split are not scored.
 Outputs in the workdir: config.json ({"train": the LMTrainConfig, "model":
 the LMConfig, "num_params", "network", "steps_per_epoch"}), metrics.csv
 (+ TensorBoard events), one orbax checkpoint per epoch in checkpoints/
-(`--resume` continues after the last complete epoch), results.json.
+(`--resume` continues after the last complete epoch; each checkpoint's
+metadata holds config.json's contents too), results.json.
 """
 
 from __future__ import annotations
@@ -179,9 +180,14 @@ def saved_settings(payload: Mapping[str, Any]) -> dict[str, Any]:
   return LMTrainConfig.saved_settings(payload["train"])
 
 
+def saved_run_settings(payload: Mapping[str, Any]) -> dict[str, Any]:
+  """`saved_settings` plus the data's `vocab_size` (what a resume is checked against)."""
+  return dict(saved_settings(payload), vocab_size=payload.get("model", {}).get("vocab_size"))
+
+
 def load_config(workdir: str) -> LMTrainConfig:
-  """The LMTrainConfig saved in `workdir`/config.json."""
-  payload = run_lib.read_json(os.path.join(workdir, run_lib.CONFIG_JSON))
+  """The LMTrainConfig saved in `workdir`: config.json's, else the latest checkpoint's."""
+  payload, _ = run_lib.saved_payload(workdir)
   return LMTrainConfig.from_dict(saved_settings(payload))
 
 
@@ -272,12 +278,20 @@ def train_and_evaluate(config: LMTrainConfig, workdir: str) -> dict[str, Any]:
       output is written).
     NonFiniteError: NaN/inf loss or gradient (nothing of that epoch is saved).
     checkpoint_lib.CheckpointError: unreadable checkpoint on --resume.
+    ValueError / run_lib.WorkdirError / run_lib.NothingToDo: the workdir rules
+      (see `train.run.claim_workdir`).
   """
   data = _load_data(config)
   model_config = config.resolve_model_config(data.corpus.vocab_size)
   num_params = lm.count_params(model_config)
   with run_lib.Run.for_config(
-    workdir, config, unit="epoch", run_control=RUN_CONTROL_FIELDS, read_saved=saved_settings
+    workdir,
+    config,
+    unit="epoch",
+    run_control=RUN_CONTROL_FIELDS,
+    read_saved=saved_run_settings,
+    extra_settings={"vocab_size": data.corpus.vocab_size},  # Another vocabulary: a mismatch.
+    outputs=(RESULTS_JSON,),
   ) as run:
     state, metadata = run.restore_or_init(
       abstract_state=lambda: abstract_state(model_config, config.num_seeds),

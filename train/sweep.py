@@ -1,4 +1,4 @@
-"""Hyperparameter sweeps: every setting x every seed, one vmapped program.
+r"""Hyperparameter sweeps: every setting x every seed, one vmapped program.
 
     python -m train.sweep --env=CueReward-v0 --network=modplast --hidden_size=50 \
         --sweep=learning_rate=1e-4,3e-4,1e-3 --sweep=entropy_coef=0.03,0.1 \
@@ -35,7 +35,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from train import a2c, a2c_train
-from train import checkpoint as checkpoint_lib
 from train import plot as plot_lib
 from train import run as run_lib
 from train.a2c_config import HPARAM_FIELDS, A2CConfig, A2CHParams
@@ -43,6 +42,8 @@ from train.a2c_config import HPARAM_FIELDS, A2CConfig, A2CHParams
 SWEEP_JSON = "sweep.json"
 SWEEP_CSV = "sweep.csv"
 SWEEP_PNG = "sweep.png"
+# What a sweep writes besides train.a2c's files.
+SWEEP_OUTPUTS = (SWEEP_JSON, SWEEP_CSV, SWEEP_PNG, a2c_train.CURVES_PNG)
 
 Setting = dict[str, float]
 
@@ -208,13 +209,30 @@ def run_sweep(
   grid = [dict(setting) for setting in grid]
   check_grid(config, grid)
   seeds_per_setting = config.num_seeds
-  workdir = os.path.abspath(workdir)
-  _check_saved_sweep(workdir, grid, seeds_per_setting, config.resume)
   agents = config.replace(num_seeds=len(grid) * seeds_per_setting)
   hparams = stack_hparams(config, grid, seeds_per_setting)
-  os.makedirs(workdir, exist_ok=True)
-  with checkpoint_lib.Checkpointer(os.path.join(workdir, run_lib.CHECKPOINT_DIR)) as ckpt:
-    ckpt.step_to_resume(config.resume, "iteration")  # Refuses to overwrite a run.
+  # The whole sweep holds the workdir (train_and_evaluate's run joins this claim).
+  with run_lib.claim_workdir(
+    workdir,
+    resume=config.resume,
+    overwrite=config.overwrite,
+    unit="iteration",
+    target=config.iterations,
+    outputs=SWEEP_OUTPUTS,
+  ) as workdir:
+    _check_saved_sweep(workdir, grid, seeds_per_setting, config.resume)
+    return _run_claimed(agents, hparams, grid, seeds_per_setting, workdir, smoothing)
+
+
+def _run_claimed(
+  agents: A2CConfig,
+  hparams: A2CHParams,
+  grid: Sequence[Setting],
+  seeds_per_setting: int,
+  workdir: str,
+  smoothing: int,
+) -> list[dict[str, Any]]:
+  """`run_sweep` in its claimed workdir: sweep.json, the run, sweep.csv and sweep.png."""
   print(
     f"Sweep of {len(grid)} settings x {seeds_per_setting} seeds = "
     f"{agents.num_seeds} agents in one program:",
@@ -226,7 +244,7 @@ def run_sweep(
       f"{(g + 1) * seeds_per_setting - 1}): {label(setting)}",
       flush=True,
     )
-  if not config.resume or load_sweep(workdir) is None:
+  if not agents.resume or load_sweep(workdir) is None:
     save_sweep(workdir, grid, seeds_per_setting)
   a2c_train.train_and_evaluate(agents, workdir, hparams)
   rows = summarize(workdir, grid, seeds_per_setting)
@@ -309,7 +327,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  from absl import app  # pylint: disable=g-import-not-at-top
+  from train import flags as flags_lib  # pylint: disable=g-import-not-at-top
 
-  define_flags()
-  app.run(main)
+  flags_lib.run_cli(define_flags, main)
