@@ -9,9 +9,12 @@ rule with a trained scalar eta by default; `network="rnn"` is the same
 network without plasticity). The output is the last step's state without the
 bias neuron, `y_T[:P]`.
 
-`LSTMCompletionNet`: the paper's LSTM baseline, a Flax LSTM reading the same
-inputs with a tanh readout to P values, sized to have at least as many
-parameters as the plastic network (`lstm_features_for`).
+`LSTMCompletionNet`: a parameter-matched LSTM baseline, a Flax LSTM reading
+the same inputs with a tanh readout to P values, sized to have at least as
+many parameters as the plastic network (`lstm_features_for`). It is not the
+reference's LSTM script (`simple/lstm.py`: P + 1 + 1949 hidden units whose
+first P are the output, inputs x100, and weights overwritten so that those
+units copy their input), which has about 8x more units.
 
 Both map one episode's inputs [T, N] to the output [P]; batch with `jax.vmap`.
 
@@ -108,6 +111,8 @@ def decay_sequence(
   segment of `remat_every` steps; within a segment the traces are recomputed
   from the kept y's (one elementwise pass per step, no matrix-vector product)
   and consumed in reverse. The gradient of W is one [N, T] x [T, N] matmul.
+  Reverse mode only (a `custom_vjp`): for `jax.jvp` / Hessians build the
+  network with `hand_written_backward=False`.
   """
   return _decay_forward(config, input_mode, input_scale, remat_every, params, inputs)[0]
 
@@ -234,8 +239,10 @@ class CompletionNet(nn.Module):
     if inputs.shape[-1] != n:
       raise ValueError(f"inputs have {inputs.shape[-1]} values per step; expected N = {n}.")
     init = nn.initializers.normal(stddev=self.init_scale)
+    # One shared alpha starts at init_scale (the reference's `homogenous` option).
+    alpha_init = cells.constant(self.init_scale) if self.config.alpha_kind == "single" else init
     params = cells.declare_plastic_params(
-      self, n, n, self.config, init, init, self.eta_init, self.eta_init, jnp.float32
+      self, n, n, self.config, init, alpha_init, self.eta_init, self.eta_init, jnp.float32
     )
     state = plasticity.RNNState(
       h=jnp.zeros((n,), jnp.float32), traces=plasticity.init_traces(self.config, n, n)

@@ -12,7 +12,11 @@ Two sources, both returning `[M, 1024]` float32 images normalised as SPEC
   dropped: after normalisation they would be amplified noise. Patch counts
   per split are printed by `python -m envs.image_data`.
 - `cifar10`: the CIFAR-10 python batches (`data_batch_1..5` for training,
-  `test_batch` for test) in a directory the user has, as in the paper.
+  `test_batch` for test) in a directory the user has, as in the paper. (The
+  reference scripts train on `data_batch_1..4` and test on `data_batch_5`.)
+
+Episodes draw their images without replacement (the reference draws each
+independently, so an episode may repeat one).
 """
 
 from __future__ import annotations

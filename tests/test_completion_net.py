@@ -186,3 +186,36 @@ def test_hand_written_backward_equals_autodiff(mode, alpha_kind, every):
   )
   for a, b in zip(jax.tree.leaves(batched), jax.tree.leaves(g_fast[0]), strict=True):
     np.testing.assert_allclose(a[1], b, rtol=1e-5, atol=1e-7)
+
+
+def test_shared_alpha_starts_at_init_scale():
+  net = completion.CompletionNet(5, completion.PAPER_CONFIG.replace(alpha_kind="single"))
+  params = net.init(jax.random.key(0), jnp.zeros((3, 5)))["params"]
+  assert float(params["alpha"]) == pytest.approx(0.01)
+
+
+@pytest.mark.parametrize("every", [1, 11, 50])
+def test_hand_written_backward_at_segment_extremes(every):
+  n, t = 5, 11
+  fast = completion.CompletionNet(n, init_scale=0.5, eta_init=0.3, remat_every=every)
+  slow = fast.clone(hand_written_backward=False, remat_every=0)
+  inputs = episode_inputs(jax.random.key(12), t, n, sparse=False)
+  variables = fast.init(jax.random.key(13), inputs)
+  grad = lambda net: jax.grad(lambda v: jnp.sum(net.apply(v, inputs) ** 2))(variables)
+  for a, b in zip(jax.tree.leaves(grad(fast)), jax.tree.leaves(grad(slow)), strict=True):
+    np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6)
+
+
+def test_hand_written_backward_over_seed_stacked_params_and_a_long_episode():
+  """vmap over the parameters (seeds), T = 201 (the image task's length), float32."""
+  n, t = 16, 201
+  fast = completion.CompletionNet(n, init_scale=0.3, eta_init=0.2, remat_every=10)
+  slow = fast.clone(hand_written_backward=False, remat_every=0)
+  inputs = episode_inputs(jax.random.key(14), t, n, sparse=False)
+  seeds = jax.vmap(lambda k: fast.init(k, inputs))(jax.random.split(jax.random.key(15), 3))
+
+  def grads(net):
+    return jax.vmap(jax.grad(lambda v: jnp.sum(net.apply(v, inputs) ** 2)))(seeds)
+
+  for a, b in zip(jax.tree.leaves(grads(fast)), jax.tree.leaves(grads(slow)), strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
