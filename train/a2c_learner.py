@@ -211,10 +211,12 @@ def rollout(
   hparams: A2CHParams,
   batch_size: int,
   record: bool = False,
+  greedy: bool = False,
 ) -> Trajectory:
   """B fresh episodes of exactly T steps; differentiable w.r.t. `params`.
 
   `record`: also keep the env states and infos (for pictures).
+  `greedy`: act with the most probable action instead of sampling (evaluation).
   """
   env, env_params = spec.env, spec.env_params
   agent = spec.agent(hparams.clip_value)
@@ -228,7 +230,10 @@ def rollout(
     agent_carry, env_state, obs = step_carry
     agent_carry, (logits, value, m) = agent.apply(params, agent_carry, obs)
     key_action, key_env = jax.random.split(key_t)
-    action = jax.random.categorical(key_action, logits)  # [B]
+    if greedy:
+      action = jnp.argmax(logits, axis=-1)  # [B]
+    else:
+      action = jax.random.categorical(key_action, logits)  # [B]
     # `step_env`, not `step`: every episode is exactly T steps long, so the
     # auto-reset of `env.step` (a full reset per step) is never wanted.
     next_obs, next_env_state, reward, _, info = jax.vmap(env.step_env, in_axes=(0, 0, 0, None))(
