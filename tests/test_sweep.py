@@ -12,6 +12,7 @@ from tests.a2c_tiny import TINY
 from train import a2c_learner, a2c_train, sweep
 from train import inspect as agent_inspect
 from train import metrics as metrics_lib
+from train import run as run_lib
 from train.a2c_config import HPARAM_FIELDS, a2c_defaults
 
 
@@ -149,3 +150,41 @@ def test_flags(tmp_path):
   grid, config = sweep.grid_and_config_from_flags(parse(f"--workdir={tmp_path}", "--resume"))
   assert grid == [{"discount": 0.8}, {"discount": 0.9}]
   assert config.num_seeds == 3 and config.hidden_size == 8 and config.resume
+
+
+def test_a_diverging_setting_is_frozen_and_the_rest_train_on(tmp_path, capsys):
+  grid = [{"learning_rate": 1e-3}, {"learning_rate": 1e30}]
+  config = tiny(num_seeds=1, iterations=6, chunk_size=2, checkpoint_every=2)
+  workdir = str(tmp_path / "sweep")
+  sweep.run_sweep(config, grid, workdir)
+  assert "agent 1 (learning_rate=1e+30) diverged" in capsys.readouterr().out
+  diverged = json.loads((tmp_path / "sweep" / "diverged.json").read_text())
+  assert list(diverged) == ["1"]
+  bad = diverged["1"]
+  rows = metrics_lib.read_csv(os.path.join(workdir, "metrics.csv"))
+  assert len(rows) == 6
+  assert all(np.isnan(r["reward_seed1"]) for r in rows[bad:])
+  assert all(np.isfinite(r["reward_seed0"]) and np.isfinite(r["loss"]) for r in rows)
+  # The live agent's numbers are those of a run of its own (same key: seed + 0).
+  alone = str(tmp_path / "alone")
+  _, alone_rows = a2c_train.train_and_evaluate(
+    tiny(iterations=6, chunk_size=2, checkpoint_every=2, learning_rate=1e-3), alone
+  )
+  assert [r["reward_seed0"] for r in rows] == [r["reward_seed0"] for r in alone_rows]
+  state = a2c_train.restore_state(workdir)[1]
+  assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state.params))
+  # Resumed, the frozen agent stays frozen (from the checkpoint's metadata).
+  sweep.run_sweep(config.replace(resume=True, iterations=8), grid, workdir)
+  rows = metrics_lib.read_csv(os.path.join(workdir, "metrics.csv"))
+  assert len(rows) == 8 and np.isnan(rows[-1]["reward_seed1"])
+
+
+def test_stop_on_nan_or_every_agent_diverged_stops_the_run(tmp_path):
+  grid = [{"learning_rate": 1e-3}, {"learning_rate": 1e30}]
+  config = tiny(num_seeds=1, iterations=4, chunk_size=2, checkpoint_every=2)
+  with pytest.raises(run_lib.NonFiniteError, match="seed index \\[1\\]"):
+    sweep.run_sweep(config.replace(stop_on_nan=True), grid, str(tmp_path / "stop"))
+  with pytest.raises(run_lib.NonFiniteError, match="every agent"):
+    sweep.run_sweep(
+      config, [{"learning_rate": 1e30}, {"learning_rate": 3e30}], str(tmp_path / "all")
+    )

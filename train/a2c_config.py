@@ -58,6 +58,7 @@ RUN_CONTROL_FIELDS = (
   "progress",
   "fast_compile",
   "step_impl",
+  "stop_on_nan",
 )
 
 
@@ -186,6 +187,12 @@ class A2CConfig(ConfigMixin, _RunFields, _PlasticFields):
     False,
     "Compile with XLA backend optimisation level 0: about half the "
     "compile time, slower steps. For tiny runs, tests and CI.",
+  )
+  stop_on_nan: bool = field(
+    False,
+    "With several agents (seeds, sweeps): stop at the first NaN/inf of any agent. Default: "
+    "freeze the diverged agents at their last finite parameters and train the rest "
+    "(a run with one agent always stops).",
   )
 
   def __post_init__(self):

@@ -365,10 +365,35 @@ def update(spec: A2CSpec, state: A2CTrainState, hparams: A2CHParams) -> tuple[A2
 
 
 def run(
-  spec: A2CSpec, state: A2CTrainState, hparams: A2CHParams, num_iterations: int
+  spec: A2CSpec,
+  state: A2CTrainState,
+  hparams: A2CHParams,
+  num_iterations: int,
+  frozen: Optional[Array] = None,
 ) -> tuple[A2CTrainState, dict]:
-  """`num_iterations` updates in one `lax.scan`; metrics leaves [N]."""
-  return jax.lax.scan(lambda s, _: update(spec, s, hparams), state, None, length=num_iterations)
+  """`num_iterations` updates in one `lax.scan`; metrics leaves [N].
+
+  `frozen`: [] bool, or None. Given, an agent keeps its parameters and
+  optimiser state where an update is not finite, and from then on (it is
+  frozen at its last finite iterate: a diverged agent of a sweep); its key
+  and iteration still advance. Finite updates of a live agent are applied
+  exactly as without `frozen`. Metrics gain `frozen` [N].
+  """
+  if frozen is None:
+    return jax.lax.scan(lambda s, _: update(spec, s, hparams), state, None, length=num_iterations)
+
+  def body(carry, _):
+    old, frozen = carry
+    new, metrics = update(spec, old, hparams)
+    frozen = frozen | ~metrics["finite"]
+    params, opt_state = jax.tree.map(
+      lambda n, o: jnp.where(frozen, o, n), (new.params, new.opt_state), (old.params, old.opt_state)
+    )
+    new = new.replace(params=params, opt_state=opt_state)
+    return (new, frozen), dict(metrics, frozen=frozen)
+
+  (state, _), metrics = jax.lax.scan(body, (state, frozen), None, length=num_iterations)
+  return state, metrics
 
 
 def make_train(config: A2CConfig) -> Callable[[Array, A2CHParams], tuple[A2CTrainState, dict]]:

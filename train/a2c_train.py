@@ -34,7 +34,12 @@ def _init_fn(spec: A2CSpec, per_agent: bool):
   )
 
 
-def _run_fn(spec: A2CSpec, num_iterations: int, per_agent: bool):
+def _run_fn(spec: A2CSpec, num_iterations: int, per_agent: bool, freeze: bool = False):
+  if freeze:  # Diverged agents frozen (`learner_lib.run(frozen=)`): (state, hparams, frozen [S]).
+    return jax.vmap(
+      lambda state, hparams, frozen: learner_lib.run(spec, state, hparams, num_iterations, frozen),
+      in_axes=(0, 0 if per_agent else None, 0),
+    )
   return jax.vmap(
     lambda state, hparams: learner_lib.run(spec, state, hparams, num_iterations),
     in_axes=(0, 0 if per_agent else None),
@@ -74,19 +79,44 @@ def metric_fieldnames(num_seeds: int) -> list[str]:
   )
 
 
-def _rows(metrics: dict, start: int, steps_per_s: float) -> list[dict]:
-  """Per-iteration CSV rows from chunk metrics with leaves [S, N]."""
+def _rows(
+  metrics: dict, start: int, steps_per_s: float, live: Optional[np.ndarray] = None
+) -> list[dict]:
+  """Per-iteration CSV rows from chunk metrics with leaves [S, N].
+
+  `live`: [S, N] bool, the agents still training (default: all); the others'
+  rewards are written as NaN and left out of the median and the means.
+  """
   rewards = np.asarray(metrics["reward"])  # [S, N]
+  live = np.ones(rewards.shape, bool) if live is None else live
   rows = []
   for n in range(rewards.shape[1]):
     row = {"iteration": start + n}
-    row.update({f"reward_seed{s}": float(rewards[s, n]) for s in range(rewards.shape[0])})
-    row["reward_median"] = float(np.median(rewards[:, n]))
+    alive = live[:, n]
+    row.update(
+      {
+        f"reward_seed{s}": float(rewards[s, n]) if alive[s] else float("nan")
+        for s in range(rewards.shape[0])
+      }
+    )
+    row["reward_median"] = float(np.median(rewards[alive, n])) if alive.any() else float("nan")
     for name in _MEAN_METRICS:
-      row[name] = float(np.mean(np.asarray(metrics[name])[:, n]))
+      values = np.asarray(metrics[name])[alive, n]
+      row[name] = float(np.mean(values)) if alive.any() else float("nan")
     row["env_steps_per_s"] = steps_per_s
     rows.append(row)
   return rows
+
+
+DIVERGED_JSON = "diverged.json"
+
+
+def _describe_agent(agent: int, hparams: A2CHParams, per_agent: bool, num_seeds: int) -> str:
+  if not per_agent:
+    return f"agent {agent}"
+  leaves = {k: np.asarray(v) for k, v in vars(hparams).items()}
+  varying = {k: float(v[agent]) for k, v in leaves.items() if len(np.unique(v)) > 1}
+  return f"agent {agent} ({', '.join(f'{k}={v:g}' for k, v in varying.items())})"
 
 
 def load_config(workdir: str) -> A2CConfig:
@@ -142,13 +172,17 @@ def train_and_evaluate(
     unit="iteration",
     run_control=RUN_CONTROL_FIELDS,
     read_saved=A2CConfig.saved_settings,
-    outputs=(CURVES_PNG,),
+    outputs=(CURVES_PNG, DIVERGED_JSON),
   ) as run:
-    state, _ = run.restore_or_init(
+    state, metadata = run.restore_or_init(
       abstract_state=lambda: abstract_state(spec, config.num_seeds),
       init=lambda: init_state(config, hparams),
     )
     start = int(np.asarray(state.iteration)[0])
+    # Several agents: a diverged one is frozen and the rest train on (unless --stop_on_nan).
+    freeze = config.num_seeds > 1 and not config.stop_on_nan
+    diverged = {int(a): int(i) for a, i in ((metadata or {}).get("diverged") or {}).items()}
+    frozen = np.array([a in diverged for a in range(config.num_seeds)])
     run.write_config(config.to_dict())
     run.open_metrics(
       metric_fieldnames(config.num_seeds), keep=lambda row: int(float(row["iteration"])) < start
@@ -171,28 +205,54 @@ def train_and_evaluate(
     while iteration < config.iterations:
       next_ckpt = (iteration // config.checkpoint_every + 1) * config.checkpoint_every
       n = min(config.chunk_size, next_ckpt - iteration, config.iterations - iteration)
+      args = (state, hparams, frozen) if freeze else (state, hparams)
       fn, compile_seconds = run_lib.compiled(
-        ("a2c_run", spec.config, n, per_agent),
-        lambda: _run_fn(spec, n, per_agent),
-        state,
-        hparams,
+        ("a2c_run", spec.config, n, per_agent, freeze),
+        lambda: _run_fn(spec, n, per_agent, freeze),
+        *args,
         fast_compile=config.fast_compile,
       )
       if compile_seconds:
         progress.write(f"Compiled the {n}-iteration chunk in {compile_seconds:.1f} s.")
       watch = metrics_lib.Stopwatch()
-      new_state, chunk_metrics = fn(state, hparams)
+      new_state, chunk_metrics = fn(*args)
       chunk_metrics = jax.device_get(chunk_metrics)
-      rows = _rows(chunk_metrics, iteration, env_steps * n / watch.lap())
-      run.check_finite(
-        chunk_metrics["finite"],  # [S, N]
-        describe=lambda bad, seeds: (
-          f"loss, gradient or parameters at iteration {iteration + bad} (seed index {seeds})"
-        ),
-        good_rows=lambda bad: rows[:bad],
-        lost="that state was not saved",
-        hint="Lower --learning_rate or --grad_clip_norm, or check the hyperparameters.",
-      )
+      seconds = watch.lap()
+      finite = np.asarray(chunk_metrics["finite"])  # [S, N]
+      hint = "Lower --learning_rate or --grad_clip_norm, or check the hyperparameters."
+      if freeze:
+        live = ~np.asarray(chunk_metrics["frozen"])  # [S, N]
+        for agent in np.nonzero(~live.all(axis=1) & ~frozen)[0]:
+          bad = int(np.argmax(~live[agent]))
+          diverged[int(agent)] = iteration + bad
+          progress.write(
+            f"WARNING: {_describe_agent(agent, hparams, per_agent, config.num_seeds)} "
+            f"diverged (NaN/inf) at iteration {iteration + bad}: frozen at its last finite "
+            f"parameters; its rewards are NaN from there (workdir/{DIVERGED_JSON}); the other "
+            "agents train on."
+          )
+        frozen = ~live[:, -1]
+        rows = _rows(chunk_metrics, iteration, env_steps * n / seconds, live)
+        run.check_finite(
+          live.any(axis=0)[None],  # Stop only when no agent is left.
+          describe=lambda bad, seeds: f"updates of every agent by iteration {iteration + bad}",
+          good_rows=lambda bad: rows[:bad],
+          lost="that state was not saved",
+          hint=hint,
+        )
+        if diverged:
+          run.write_json(DIVERGED_JSON, {str(a): i for a, i in sorted(diverged.items())})
+      else:
+        rows = _rows(chunk_metrics, iteration, env_steps * n / seconds)
+        run.check_finite(
+          finite,
+          describe=lambda bad, seeds: (
+            f"loss, gradient or parameters at iteration {iteration + bad} (seed index {seeds})"
+          ),
+          good_rows=lambda bad: rows[:bad],
+          lost="that state was not saved",
+          hint=hint,
+        )
       state = new_state
       run.write_rows(rows)
       all_rows += rows
@@ -201,7 +261,15 @@ def train_and_evaluate(
         n, median_reward=rows[-1]["reward_median"], env_steps_per_s=rows[-1]["env_steps_per_s"]
       )
       if iteration % config.checkpoint_every == 0 or iteration == config.iterations:
-        run.save(iteration, state, {"iteration": iteration, "config": config.to_dict()})
+        run.save(
+          iteration,
+          state,
+          {
+            "iteration": iteration,
+            "config": config.to_dict(),
+            "diverged": {str(a): i for a, i in sorted(diverged.items())},
+          },
+        )
     run.close_progress()
     if all_rows or os.path.exists(run.metrics_path):
       from train import plot  # pylint: disable=g-import-not-at-top

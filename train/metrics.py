@@ -106,8 +106,9 @@ class MetricsWriter:
       if self._tb is not None:
         step = int(row[self.step_key])
         for key, value in row.items():
-          if key != self.step_key and isinstance(_plain(value), (int, float)):
-            self._tb.add_scalar(key, float(value), step)
+          plain = _plain(value)
+          if key != self.step_key and isinstance(plain, (int, float)) and math.isfinite(plain):
+            self._tb.add_scalar(key, float(value), step)  # NaN (diverged, no eval): CSV only.
     self._file.flush()
     if self._tb is not None:
       self._tb.flush()

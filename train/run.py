@@ -710,6 +710,13 @@ class Run:
     with os_errors_as("write", self.config_path):
       _write_json(self.config_path, payload)
 
+  def write_json(self, name: str, payload: Any) -> str:
+    """Writes `name` in the workdir (atomic; declare it in `outputs`); returns its path."""
+    path = os.path.join(self.workdir, name)
+    with os_errors_as("write", path):
+      _write_json(path, payload)
+    return path
+
   def open_metrics(
     self, fieldnames: Sequence[str], keep: Callable[[dict], bool]
   ) -> metrics_lib.MetricsWriter:
