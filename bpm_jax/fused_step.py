@@ -9,9 +9,11 @@ forward and backward kernels (`bpm_jax/kernels/plastic_step.cc`):
   `lax.scan` when each step's input depends on the last output (a rollout).
 * `rnn_sequence_fused(params, state, x_drives, config, clip_value)`: T steps
   (x_drives [T, B, H]) in one call per direction. Each episode's [H, H]
-  traces stay in its core's cache for all T steps; the forward writes every
-  step's old traces to a history that the backward walks in reverse. This is
-  what makes A2C training fast (`train.a2c` replays each rollout with it).
+  traces stay in its core's cache for all T steps; the forward keeps the old
+  traces of every k-th step (`segment`, default `default_segment`) and the
+  backward recomputes each segment's traces from them in cache, then walks
+  them in reverse. This is what makes A2C training fast (`train.a2c` replays
+  each rollout with it).
 
 XLA:CPU's own code for the step streams the [B, H, H] traces through memory
 a couple of dozen times per step (README, "Speed notes"). The episodes are
@@ -46,6 +48,7 @@ the backward returns the cotangents of the forward's operands in their order.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import hashlib
@@ -56,7 +59,9 @@ import platform
 import shutil
 import subprocess
 import tempfile
+import threading
 import warnings
+from collections.abc import Iterator
 from typing import NamedTuple
 
 import chex
@@ -101,8 +106,9 @@ class Operands(NamedTuple):
   # The forward's results the backward reads, and the final cotangents.
   h: Array | None = None  # [T, B, H]
   m: Array | None = None  # [T, B]
-  hebb_hist: Array | None = None  # [T, B, H, H]: Hebb_tm1 of each step
-  elig_hist: Array | None = None  # [T, B, H, H] (retromod) or [1]
+  # Checkpoints, S = ceil(T / segment): Hebb_tm1 of steps 0, k, 2k, ...
+  hebb_hist: Array | None = None  # [S, B, H, H]
+  elig_hist: Array | None = None  # [S, B, H, H] (retromod) or [1]
   g_h: Array | None = None  # [T, B, H]
   g_m: Array | None = None  # [T, B]
   g_hebb: Array | None = None  # [B, H, H]: cotangent of the final Hebb
@@ -151,6 +157,52 @@ def check_supported(config: PlasticityConfig) -> None:
       f"step_impl='fused' does not support {reason}; use step_impl='fast', "
       "which covers every configuration."
     )
+
+
+# What one shard's scratch of recomputed traces (segment - 1 steps of one
+# episode's Hebb, and E for retromod) may take: about a core's L2 cache.
+SCRATCH_BYTES = 1 << 20
+_segment_override = threading.local()
+
+
+def default_segment(steps: int, size: int, network: str) -> int:
+  """The segment length k that `rnn_sequence_fused` uses when not told.
+
+  The largest k whose k - 1 recomputed steps of one episode's traces (Hebb,
+  and E for retromod) fit in `SCRATCH_BYTES`, at most T, then evened out over
+  the ceil(T / k) segments: cue-reward (H=200, T=120) k=7, retromod 4; maze
+  (H=100, T=200) k=25, retromod 14. The checkpoints take ceil(T / k) / T of
+  the full history (k=1). Under load on 2 cores every k from 4 to 20 ran
+  about as fast, and faster than k=1 (see benchmarks/a2c_throughput.py
+  --fused_segments).
+  """
+  per_step = 4 * size * size * (2 if network == "retromod" else 1)
+  k = min(max(steps, 1), 1 + SCRATCH_BYTES // max(per_step, 1))
+  segments = -(-max(steps, 1) // k)
+  return -(-max(steps, 1) // segments)
+
+
+@contextlib.contextmanager
+def segment_length(segment: int | None) -> Iterator[None]:
+  """Within the block, `rnn_sequence_fused` traces with this segment length.
+
+  For callers that do not pass `segment` themselves (the cells, `train.a2c`),
+  e.g. `benchmarks/a2c_throughput.py --fused_segments`. It applies when a
+  function is traced (jitted or lowered), like any static argument. None:
+  `default_segment`; 1: keep every step's old traces (no recomputation).
+  """
+  previous = getattr(_segment_override, "value", None)
+  _segment_override.value = None if segment is None else _check_segment(segment)
+  try:
+    yield
+  finally:
+    _segment_override.value = previous
+
+
+def _check_segment(segment) -> int:
+  if isinstance(segment, bool) or int(segment) != segment or segment < 1:
+    raise ValueError(f"segment must be an integer >= 1; got {segment!r}.")
+  return int(segment)
 
 
 def _cache_dir() -> pathlib.Path:
@@ -348,16 +400,21 @@ def rnn_sequence_fused(
   x_drives: Array,
   config: PlasticityConfig,
   clip_value: Array | float,
+  segment: int | None = None,
 ) -> tuple[plasticity.RNNState, tuple[Array, Array]]:
   """T steps of B episodes in one kernel call per direction.
 
   Equal (to float32 rounding) to scanning `rnn_step_fused` over x_drives,
-  but each episode's traces stay in cache for the whole sequence: the forward
-  kernel writes the old traces of every step to a [T, B, H, H] history (the
-  residual of the backward pass, 576 MB at T=120, B=30, H=200; twice that for
-  retromod) and the backward kernel walks it in reverse. Use it when the
-  inputs of all T steps are known in advance (teacher forcing, or the replay
-  of a recorded rollout as in `train.a2c` with `step_impl="fused"`).
+  but each episode's traces stay in cache for the whole sequence. The forward
+  kernel keeps the old traces of steps 0, k, 2k, ... (k = `segment`) as
+  checkpoints, [ceil(T / k), B, H, H], the residual of the backward pass; the
+  backward kernel takes the segments last to first, recomputes each one's
+  traces from its checkpoint in a per-core scratch of k - 1 steps (the
+  forward's arithmetic, so the numbers do not depend on k) and walks them in
+  reverse. With k = 1 the checkpoints are every step's old traces (576 MB at
+  T=120, B=30, H=200; twice that for retromod), without recomputation. Use it
+  when the inputs of all T steps are known in advance (teacher forcing, or
+  the replay of a recorded rollout as in `train.a2c` with `step_impl="fused"`).
 
   Args:
     params: as `rnn_step_fused` (W is applied inside the kernel).
@@ -365,14 +422,22 @@ def rnn_sequence_fused(
     x_drives: [T, B, H] input drives.
     config: the variant (see `check_supported`).
     clip_value: c.
+    segment: k >= 1 (clamped to T); None: that of an enclosing
+      `segment_length` block, else `default_segment(T, H, network)`.
 
   Returns:
     (final state, (h [T, B, H], m [T, B, 1])).
   """
   clip_value = jnp.asarray(clip_value, jnp.float32)
   _check_inputs(config, state, x_drives, params, clip_value, 3, "rnn_sequence_fused")
+  steps, size = x_drives.shape[0], x_drives.shape[-1]
+  if segment is None:
+    segment = getattr(_segment_override, "value", None)
+  if segment is None:
+    segment = default_segment(steps, size, config.network)
+  segment = min(_check_segment(segment), max(steps, 1))
   h, m, hebb, elig = _fused_sequence(
-    config.network, _forward_operands(params, state, x_drives, config, clip_value)
+    config.network, segment, _forward_operands(params, state, x_drives, config, clip_value)
   )
   traces = plasticity.Traces(hebb=hebb, elig=elig if config.has_eligibility else None)
   return plasticity.RNNState(h=h[-1], traces=traces), (h, m[..., None])
@@ -396,7 +461,7 @@ def _kernel(
   Under `jax.vmap` (seeds, sweeps) every operand is broadcast to the same
   leading dims and the kernel loops over those agents itself
   ("broadcast_all"; "sequential" would copy each agent's outputs, e.g. the
-  576 MB trace history, into a stacked buffer).
+  trace checkpoints, into a stacked buffer).
 
   aliases: {operand index: result index} buffers the kernel updates in place.
   """
@@ -422,12 +487,15 @@ def _zero_unused(network: str, grads: Operands) -> Operands:
   return grads
 
 
-def _sequence_forward(network: str, ops: Operands, save_history: bool):
-  """(h [T, B, H], m [T, B], traces, E, histories of the old traces or [1])."""
-  steps = ops.x.shape[0]
+def _sequence_forward(network: str, ops: Operands, save_history: bool, segment: int):
+  """(h [T, B, H], m [T, B], traces, E, checkpoints of the old traces or [1]).
+
+  The checkpoints: the old traces of steps 0, k, 2k, ... (k = segment).
+  """
+  segments = -(-ops.x.shape[0] // segment)
   retro = network == "retromod"
   history = lambda trace, keep: jax.ShapeDtypeStruct(
-    (steps,) + trace.shape if keep else (1,), trace.dtype
+    (segments,) + trace.shape if keep else (1,), trace.dtype
   )
   shapes = {
     "h": _shape(ops.x),
@@ -444,13 +512,15 @@ def _sequence_forward(network: str, ops: Operands, save_history: bool):
     ops,
     tuple(shapes[name] for name in _FWD_RESULTS),
     save_history=save_history,
+    segment=segment,
   )
 
 
-def _sequence_backward(network: str, ops: Operands) -> Operands:
+def _sequence_backward(network: str, ops: Operands, segment: int) -> Operands:
   """The cotangents of the forward's operands (fields x .. clip) of T steps.
 
-  ops: the backward's fields (`_BWD_OPERANDS`).
+  ops: the backward's fields (`_BWD_OPERANDS`), with the checkpoints that
+  `_sequence_forward` kept for `segment`.
   """
   shapes = {
     "g_x": _shape(ops.h),
@@ -468,6 +538,7 @@ def _sequence_backward(network: str, ops: Operands) -> Operands:
     ops,
     tuple(shapes[name] for name in _BWD_RESULTS),
     _BWD_ALIASES,
+    segment=segment,
   )
   return _zero_unused(network, Operands(**dict(zip(_FWD_OPERANDS, grads))))
 
@@ -477,13 +548,13 @@ def _params_of(ops: Operands) -> dict[str, Array]:
   return {f: getattr(ops, f) for f in ("w", "alpha", "eta", "w_mod", "b_mod", "clip")}
 
 
-# One step: the sequence kernels with T = 1 (ops.x [B, H]). The forward keeps
-# no history (the residual is the step's input Hebb_tm1 itself, which the scan
-# saves).
+# One step: the sequence kernels with T = 1 (ops.x [B, H]), one segment. The
+# forward keeps no checkpoint (the residual is the step's input Hebb_tm1
+# itself, which the scan saves).
 
 
 def _step_forward(network: str, ops: Operands):
-  h, m, hebb, elig, _, _ = _sequence_forward(network, ops._replace(x=ops.x[None]), False)
+  h, m, hebb, elig, _, _ = _sequence_forward(network, ops._replace(x=ops.x[None]), False, 1)
   return h[0], m[0], hebb, elig
 
 
@@ -510,7 +581,7 @@ def _fused_fwd(network, ops):
 def _fused_bwd(network, residuals, cotangents):
   g_h, g_m, g_hebb, g_elig = cotangents
   grads = _sequence_backward(
-    network, residuals._replace(g_h=g_h[None], g_m=g_m[None], g_hebb=g_hebb, g_elig=g_elig)
+    network, residuals._replace(g_h=g_h[None], g_m=g_m[None], g_hebb=g_hebb, g_elig=g_elig), 1
   )
   return (grads._replace(x=grads.x[0]),)
 
@@ -518,24 +589,23 @@ def _fused_bwd(network, residuals, cotangents):
 _fused.defvjp(_fused_fwd, _fused_bwd)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _fused_sequence(network: str, ops: Operands):
-  return _sequence_forward(network, ops, False)[:4]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _fused_sequence(network: str, segment: int, ops: Operands):
+  return _sequence_forward(network, ops, False, segment)[:4]
 
 
-def _fused_sequence_fwd(network, ops):
-  h, m, hebb, elig, hebb_hist, elig_hist = _sequence_forward(network, ops, True)
+def _fused_sequence_fwd(network, segment, ops):
+  h, m, hebb, elig, hebb_hist, elig_hist = _sequence_forward(network, ops, True, segment)
   residuals = Operands(
     h0=ops.h0, h=h, m=m, hebb_hist=hebb_hist, elig_hist=elig_hist, **_params_of(ops)
   )
   return (h, m, hebb, elig), residuals
 
 
-def _fused_sequence_bwd(network, residuals, cotangents):
+def _fused_sequence_bwd(network, segment, residuals, cotangents):
   g_h, g_m, g_hebb, g_elig = cotangents
-  return (
-    _sequence_backward(network, residuals._replace(g_h=g_h, g_m=g_m, g_hebb=g_hebb, g_elig=g_elig)),
-  )
+  cotangents = residuals._replace(g_h=g_h, g_m=g_m, g_hebb=g_hebb, g_elig=g_elig)
+  return (_sequence_backward(network, cotangents, segment),)
 
 
 _fused_sequence.defvjp(_fused_sequence_fwd, _fused_sequence_bwd)

@@ -112,7 +112,7 @@ def scan_loss(step, params, x_drives, clip, config):
   return weighted_sum((final, outputs), 1), (final, outputs)
 
 
-def sequence_loss(params, x_drives, clip, config):
+def sequence_loss(params, x_drives, clip, config, state=None, segment=None):
   zero = plasticity.RNNState(
     h=jnp.zeros((B, H)),
     traces=jax.tree.map(
@@ -120,7 +120,8 @@ def sequence_loss(params, x_drives, clip, config):
       plasticity.init_traces(config, H, H, jnp.float32),
     ),
   )
-  final, outputs = fused_step.rnn_sequence_fused(params, zero, x_drives, config, clip)
+  state = zero if state is None else state
+  final, outputs = fused_step.rnn_sequence_fused(params, state, x_drives, config, clip, segment)
   return weighted_sum((final, outputs), 1), (final, outputs)
 
 
@@ -141,6 +142,62 @@ def test_episode_step_and_sequence_kernels_match_autodiff(network):
   for a, b in zip(jax.tree.leaves(step[0][1]), jax.tree.leaves(seq[0][1])):
     np.testing.assert_array_equal(a, b)
   assert np.abs(np.asarray(ref[1][0].alpha)).max() > 1e-3
+
+
+@pytest.mark.parametrize("network", NETWORKS)
+def test_sequence_segments_recompute_the_full_history_bit_for_bit(network):
+  """Checkpoints every k steps, recomputed in the backward: the numbers of k=1
+  (every step's traces kept), for k dividing T or not, k = T and k > T; with
+  the clip active, from random initial traces (and E); against autodiff too."""
+  config, params = params_for(network)
+  state = random_state(config, seed=8)
+  x_drives = jnp.asarray(np.random.default_rng(9).normal(0, 1, (T, B, H)), jnp.float32)
+
+  def grad(segment):
+    loss = lambda p, s, x, c: sequence_loss(p, x, c, config, s, segment)
+    fn = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3), has_aux=True))
+    return fn(params, state, x_drives, jnp.float32(CLIP))
+
+  full = grad(1)
+  for segment in (2, 3, 4, T, T + 5, None):
+    got = grad(segment)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(full)):
+      np.testing.assert_array_equal(a, b, err_msg=f"segment={segment}")
+  with fused_step.segment_length(3):  # what the cells and train.a2c get
+    for a, b in zip(jax.tree.leaves(grad(None)), jax.tree.leaves(full)):
+      np.testing.assert_array_equal(a, b)
+  for a, b in zip(jax.tree.leaves(grad(4)), jax.tree.leaves(grad(4))):  # deterministic
+    np.testing.assert_array_equal(a, b)
+
+  def scan_ref(p, s, x, c):
+    final, outputs = lax.scan(lambda st, xt: reference_step(p, st, xt, config, c), s, x)
+    return weighted_sum((final, outputs), 1), (final, outputs)
+
+  ref = jax.jit(jax.value_and_grad(scan_ref, argnums=(0, 1, 2, 3), has_aux=True))(
+    params, state, x_drives, jnp.float32(CLIP)
+  )
+  assert_close(full, ref, rtol=2e-5)
+  hebb = np.abs(np.asarray(full[0][1][0].traces.hebb))
+  assert np.any(hebb == np.float32(CLIP)) and np.any(hebb < CLIP)
+
+
+@pytest.mark.parametrize("network", ["plastic", "retromod"])
+def test_sequence_residual_is_one_checkpoint_per_segment(network):
+  """The forward kernel returns ceil(T / k) checkpoints of the traces."""
+  config, params = params_for(network)
+  x_drives = jnp.zeros((T, B, H), jnp.float32)
+  for segment, kept in ((1, T), (3, 4), (T, 1), (T + 5, 1)):
+    jaxpr = jax.make_jaxpr(
+      jax.grad(lambda p: sequence_loss(p, x_drives, CLIP, config, None, segment)[0])
+    )(params)
+    shapes = [v.aval.shape for e in jaxpr.eqns if e.primitive.name == "ffi_call" for v in e.outvars]
+    assert shapes.count((kept, B, H, H)) == (2 if network == "retromod" else 1), shapes
+  assert fused_step.default_segment(120, 200, "modplast") == 7
+  assert fused_step.default_segment(120, 200, "retromod") == 4
+  assert fused_step.default_segment(1, 200, "modplast") == 1
+  for bad in (0, -1, 2.5, True):
+    with pytest.raises(ValueError, match="segment"):
+      fused_step.rnn_sequence_fused(params, random_state(config), x_drives, config, CLIP, bad)
 
 
 @pytest.mark.parametrize("network", ["modplast", "retromod"])
@@ -177,8 +234,9 @@ def test_vmap_over_agents_equals_one_call_per_agent():
   x_drives = jnp.asarray(np.random.default_rng(6).normal(0, 1, (T, B, H)), jnp.float32)
   clips = jnp.asarray([0.7, 0.5], jnp.float32)
 
-  def grads(p, c):
-    return jax.grad(lambda p, c: sequence_loss(p, x_drives, c, config)[0], argnums=(0, 1))(p, c)
+  def grads(p, c):  # several segments per episode (T=10, k=3)
+    loss = lambda p, c: sequence_loss(p, x_drives, c, config, segment=3)[0]
+    return jax.grad(loss, argnums=(0, 1))(p, c)
 
   batched = jax.jit(jax.vmap(grads))(stacked, clips)
   # Nested vmaps (agents x clip values): the kernel sees [2, 2] leading dims.

@@ -29,12 +29,19 @@
 // first ten, the backward all but x, hebb0 and elig0. The backward returns
 // the cotangents of the forward's operands, in the forward's order.
 //
-// Two handlers, BpmPlasticSeqFwd/Bwd: T steps of B episodes in one call. The
-// forward writes the old traces of every step to a history buffer (unless
-// save_history=0); the backward walks it in reverse. Each episode's [H, H]
-// traces stay in the core's cache for the whole sequence. One step inside a
+// Two handlers, BpmPlasticSeqFwd/Bwd: T steps of B episodes in one call. Each
+// episode's [H, H] traces stay in the core's cache for the whole sequence.
+// The steps are cut into segments of `segment` (k) steps (the last may be
+// shorter); the forward writes the old traces of each segment's first step
+// (steps 0, k, 2k, ...) to a checkpoint buffer [ceil(T / k), B, H, H] (unless
+// save_history=0). The backward takes the segments last to first: per
+// episode it recomputes the old traces of the segment's other steps from its
+// checkpoint and the stored h and m (UpdateTraces, the forward's own
+// arithmetic: the same numbers bit for bit) into a scratch of k - 1 [H, H]
+// slots per shard, which stays in cache, and walks them in reverse. k = 1
+// keeps every step's old traces (no recomputation). One step inside a
 // `lax.scan` (a rollout that samples actions step by step) is the case T=1,
-// its old traces being the history.
+// its old traces being the one checkpoint.
 //
 // The per-episode step functions may write the new traces over the old ones
 // and the old traces' cotangents over the new ones': every loop reads an
@@ -151,6 +158,38 @@ struct ParamGrads {
   }
 };
 
+// The trace update of one step of one episode, from h_tm1 (hp), h_t (h) and
+// the rate r (eta, or m_t if modulated). hb, e: old traces; hb_new, e_new: new
+// traces (may be hb, e). The backward pass calls it again on the stored h and
+// m to recompute a segment's traces. Elementwise, without sums, and never
+// inlined: both passes run the same machine code (the same fused multiply-adds
+// where the compiler contracts), so they get the same numbers bit for bit.
+__attribute__((noinline)) void UpdateTraces(const Weights& p, const float* hp,
+                                            const float* h, float r,
+                                            const float* hb, const float* e,
+                                            float* hb_new, float* e_new) {
+  const int64_t n = p.n;
+  const float c = p.c, eta = p.eta;
+  for (int64_t i = 0; i < n; ++i) {
+    const float xi = hp[i];
+    const float* hr = hb + i * n;
+    float* out = hb_new + i * n;
+    if (p.network != kRetromod) {
+#pragma omp simd
+      for (int64_t j = 0; j < n; ++j) out[j] = Clip(hr[j] + r * (xi * h[j]), c);
+    } else {
+      const float* er = e + i * n;
+      float* eout = e_new + i * n;
+#pragma omp simd
+      for (int64_t j = 0; j < n; ++j) {
+        const float e_old = er[j];
+        out[j] = Clip(hr[j] + r * e_old, c);
+        eout[j] = (1.0f - eta) * e_old + eta * (xi * h[j]);
+      }
+    }
+  }
+}
+
 // One step of one episode. hb, e: old traces; hb_new, e_new: new traces (may
 // be hb, e). acc: scratch [H]. Writes h [H]; returns m (0 if not modulated).
 float StepForward(const Weights& p, const float* hp, const float* x,
@@ -175,25 +214,7 @@ float StepForward(const Weights& p, const float* hp, const float* x,
     m = std::tanh(s + p.b_mod);
     r = m;
   }
-  const float c = p.c, eta = p.eta;
-  for (int64_t i = 0; i < n; ++i) {
-    const float xi = hp[i];
-    const float* hr = hb + i * n;
-    float* out = hb_new + i * n;
-    if (p.network != kRetromod) {
-#pragma omp simd
-      for (int64_t j = 0; j < n; ++j) out[j] = Clip(hr[j] + r * (xi * h[j]), c);
-    } else {
-      const float* er = e + i * n;
-      float* eout = e_new + i * n;
-#pragma omp simd
-      for (int64_t j = 0; j < n; ++j) {
-        const float e_old = er[j];
-        out[j] = Clip(hr[j] + r * e_old, c);
-        eout[j] = (1.0f - eta) * e_old + eta * (xi * h[j]);
-      }
-    }
-  }
+  UpdateTraces(p, hp, h, r, hb, e, hb_new, e_new);
   return m;
 }
 
@@ -379,10 +400,10 @@ Weights AgentWeights(const Agents& ag, int64_t a, int64_t n, int64_t network,
 // ---------------------------------------------------------------- sequences
 
 // Asks Linux for transparent huge pages on a large fresh output buffer. The
-// trace history (576 MB at T=120, B=30, H=200) is allocated anew by XLA on
-// every call; touching it in 4 KiB pages costs ~140,000 page faults, about as
-// long as the whole backward pass. A hint only: without it (or off Linux) the
-// numbers are the same, just slower.
+// trace checkpoints (576 MB at T=120, B=30, H=200 with k = 1) are allocated
+// anew by XLA on every call; touching them in 4 KiB pages costs ~140,000 page
+// faults, about as long as the whole backward pass (at k = 1). A hint only:
+// without it (or off Linux) the numbers are the same, just slower.
 void AdviseHugePages(float* data, int64_t count) {
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
   constexpr uintptr_t kHuge = uintptr_t{2} << 20;
@@ -396,21 +417,50 @@ void AdviseHugePages(float* data, int64_t count) {
 #endif
 }
 
+// The number of segments of `steps` steps of `segment` steps each (the last
+// one may be shorter): the forward keeps the old traces of the first step of
+// each segment, the checkpoints [num_segments, B, H, H].
+inline int64_t NumSegments(int64_t steps, int64_t segment) {
+  return (steps + segment - 1) / segment;
+}
+
+ffi::Error CheckSegment(int64_t segment) {
+  if (segment < 1) {
+    return ffi::Error::InvalidArgument("fused plastic kernel: segment must be >= 1.");
+  }
+  return ffi::Error::Success();
+}
+
+// Whether a checkpoint buffer holds num_segments x B x H x H per agent.
+bool CheckpointsFit(const F32& hist, const Agents& ag, int64_t num_segments,
+                    int64_t batch, int64_t nn) {
+  return static_cast<int64_t>(hist.element_count()) ==
+         ag.num * num_segments * batch * nn;
+}
+
 ffi::Error SeqFwdImpl(ffi::ThreadPool pool, F32 x, F32 h0, F32 hebb0, F32 elig0,
                       F32 w, F32 alpha, F32 eta, F32 w_mod, F32 b_mod, F32 clip,
                       F32Ret h_out, F32Ret m_out, F32Ret hebb_out,
                       F32Ret elig_out, F32Ret hebb_hist, F32Ret elig_hist,
-                      int64_t network, int64_t save_history) {
+                      int64_t network, int64_t save_history, int64_t segment) {
   int64_t n, batch;
   Agents ag;
   if (auto err = Shapes(alpha, eta, h0, network, &n, &ag, &batch); err.failure()) {
     return err;
   }
+  if (auto err = CheckSegment(segment); err.failure()) return err;
   const bool retro = network == kRetromod;
   const int64_t nn = n * n, num_shards = NumShards(pool, batch);
   const int64_t steps = x.element_count() / (ag.num * batch * n);
   const bool save = save_history != 0;
   if (save) {
+    const int64_t num_segments = NumSegments(steps, segment);
+    if (!CheckpointsFit(*hebb_hist, ag, num_segments, batch, nn) ||
+        (retro && !CheckpointsFit(*elig_hist, ag, num_segments, batch, nn))) {
+      return ffi::Error::InvalidArgument(
+          "fused plastic kernel: the trace checkpoints must be "
+          "[ceil(T / segment), B, H, H].");
+    }
     AdviseHugePages(hebb_hist->typed_data(), hebb_hist->element_count());
     if (retro) AdviseHugePages(elig_hist->typed_data(), elig_hist->element_count());
   } else {
@@ -440,9 +490,10 @@ ffi::Error SeqFwdImpl(ffi::ThreadPool pool, F32 x, F32 h0, F32 hebb0, F32 elig0,
         const float* hp = h0a + b * n;
         for (int64_t t = 0; t < steps; ++t) {
           const int64_t tb = t * batch + b;
-          if (save) {  // the old traces, for the backward pass
-            std::memcpy(hb_hist + tb * nn, hb_old, nn * sizeof(float));
-            if (retro) std::memcpy(e_hist + tb * nn, e_old, nn * sizeof(float));
+          if (save && t % segment == 0) {  // a checkpoint for the backward pass
+            const int64_t sb = (t / segment) * batch + b;
+            std::memcpy(hb_hist + sb * nn, hb_old, nn * sizeof(float));
+            if (retro) std::memcpy(e_hist + sb * nn, e_old, nn * sizeof(float));
           }
           float* h = h_all + tb * n;
           m_all[tb] = StepForward(p, hp, xa + tb * n, hb_old, e_old, h, hb, e,
@@ -467,15 +518,28 @@ ffi::Error SeqBwdImpl(ffi::ThreadPool pool, F32 h0, F32 w, F32 alpha, F32 eta,
                       F32 g_hebb_T, F32 g_elig_T, F32Ret g_x_out, F32Ret g_h0_out,
                       F32Ret g_hebb0_out, F32Ret g_elig0_out, F32Ret g_w_out,
                       F32Ret g_alpha_out, F32Ret g_eta_out, F32Ret g_w_mod_out,
-                      F32Ret g_b_mod_out, F32Ret g_clip_out, int64_t network) {
+                      F32Ret g_b_mod_out, F32Ret g_clip_out, int64_t network,
+                      int64_t segment) {
   int64_t n, batch;
   Agents ag;
   if (auto err = Shapes(alpha, eta, h0, network, &n, &ag, &batch); err.failure()) {
     return err;
   }
+  if (auto err = CheckSegment(segment); err.failure()) return err;
   const bool retro = network == kRetromod;
+  const bool modulated = network != kPlastic;
   const int64_t nn = n * n, num_shards = NumShards(pool, batch);
   const int64_t steps = h_in.element_count() / (ag.num * batch * n);
+  const int64_t num_segments = NumSegments(steps, segment);
+  if (!CheckpointsFit(hebb_hist, ag, num_segments, batch, nn) ||
+      (retro && !CheckpointsFit(elig_hist, ag, num_segments, batch, nn))) {
+    return ffi::Error::InvalidArgument(
+        "fused plastic kernel: the trace checkpoints must be "
+        "[ceil(T / segment), B, H, H].");
+  }
+  // Old traces of the steps of a segment after its first, recomputed from
+  // the checkpoint (segment - 1 slots per shard, reused by all its segments).
+  const int64_t slots = std::min(segment, std::max<int64_t>(steps, 1)) - 1;
   for (int64_t a = 0; a < ag.num; ++a) {
     const Weights p = AgentWeights(ag, a, n, network, w, alpha, eta, w_mod, b_mod,
                                    clip);
@@ -492,6 +556,10 @@ ffi::Error SeqBwdImpl(ffi::ThreadPool pool, F32 h0, F32 w, F32 alpha, F32 eta,
       ParamGrads& pg = shard_grads[shard];
       pg.Reset(n);
       std::vector<float> col(n), row(n), g_h(n), g_next(n);
+      std::vector<float> hb_seg(slots * nn), e_seg(retro ? slots * nn : 0);
+      auto h_before = [&](int64_t t, int64_t b) {  // h_tm1 of step t
+        return t > 0 ? h_all + ((t - 1) * batch + b) * n : h0a + b * n;
+      };
       for (int64_t b = start; b < stop; ++b) {
         float* g_tr = g_hb0 + b * nn;  // the running trace cotangents
         float* g_el = retro ? g_e0 + b * nn : nullptr;
@@ -500,14 +568,32 @@ ffi::Error SeqBwdImpl(ffi::ThreadPool pool, F32 h0, F32 w, F32 alpha, F32 eta,
           std::memcpy(g_el, g_eT + b * nn, nn * sizeof(float));
         }
         std::fill(g_next.begin(), g_next.end(), 0.0f);  // h_t's cotangent via step t+1
-        for (int64_t t = steps - 1; t >= 0; --t) {
-          const int64_t tb = t * batch + b;
-          const float* hp = t > 0 ? h_all + (tb - batch) * n : h0a + b * n;
-          for (int64_t j = 0; j < n; ++j) g_h[j] = g_h_all[tb * n + j] + g_next[j];
-          StepBackward(p, hp, h_all + tb * n, m_all[tb], hb_hist + tb * nn,
-                       retro ? e_hist + tb * nn : nullptr, g_tr, g_el, g_h.data(),
-                       g_m_all[tb], g_x + tb * n, g_next.data(), pg, col.data(),
-                       row.data());
+        for (int64_t s = num_segments - 1; s >= 0; --s) {
+          const int64_t t0 = s * segment, t1 = std::min(steps, t0 + segment);
+          const float* hb_ck = hb_hist + (s * batch + b) * nn;
+          const float* e_ck = retro ? e_hist + (s * batch + b) * nn : nullptr;
+          // Old traces of step t: the checkpoint (t = t0) or slot t - t0 - 1,
+          // recomputed from the stored h and m as the forward computed them.
+          auto hb_at = [&](int64_t t) {
+            return t == t0 ? hb_ck : hb_seg.data() + (t - t0 - 1) * nn;
+          };
+          auto e_at = [&](int64_t t) {
+            return !retro ? nullptr : t == t0 ? e_ck : e_seg.data() + (t - t0 - 1) * nn;
+          };
+          for (int64_t t = t0; t + 1 < t1; ++t) {  // slot t - t0: step t's new traces
+            const int64_t tb = t * batch + b;
+            UpdateTraces(p, h_before(t, b), h_all + tb * n,
+                         modulated ? m_all[tb] : p.eta, hb_at(t), e_at(t),
+                         hb_seg.data() + (t - t0) * nn,
+                         retro ? e_seg.data() + (t - t0) * nn : nullptr);
+          }
+          for (int64_t t = t1 - 1; t >= t0; --t) {
+            const int64_t tb = t * batch + b;
+            for (int64_t j = 0; j < n; ++j) g_h[j] = g_h_all[tb * n + j] + g_next[j];
+            StepBackward(p, h_before(t, b), h_all + tb * n, m_all[tb], hb_at(t),
+                         e_at(t), g_tr, g_el, g_h.data(), g_m_all[tb], g_x + tb * n,
+                         g_next.data(), pg, col.data(), row.data());
+          }
         }
         std::copy(g_next.begin(), g_next.end(), g_h0 + b * n);
       }
@@ -540,10 +626,11 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(
         .Ret<F32>()  // m [T, B]
         .Ret<F32>()  // hebb_T [B, H, H]
         .Ret<F32>()  // elig_T [B, H, H] or [1]
-        .Ret<F32>()  // hebb_hist [T, B, H, H]: Hebb_tm1 of each step, or [1]
-        .Ret<F32>()  // elig_hist [T, B, H, H] or [1]
+        .Ret<F32>()  // hebb_hist [S, B, H, H]: Hebb_tm1 of steps 0, k, 2k.., or [1]
+        .Ret<F32>()  // elig_hist [S, B, H, H] or [1]
         .Attr<int64_t>("network")
-        .Attr<int64_t>("save_history"));
+        .Attr<int64_t>("save_history")
+        .Attr<int64_t>("segment"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(
     BpmPlasticSeqBwd, SeqBwdImpl,
@@ -558,8 +645,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(
         .Arg<F32>()  // clip []
         .Arg<F32>()  // h [T, B, H]
         .Arg<F32>()  // m [T, B]
-        .Arg<F32>()  // hebb_hist [T, B, H, H]
-        .Arg<F32>()  // elig_hist [T, B, H, H] or [1]
+        .Arg<F32>()  // hebb_hist [S, B, H, H] (S = ceil(T / segment))
+        .Arg<F32>()  // elig_hist [S, B, H, H] or [1]
         .Arg<F32>()  // g_h [T, B, H]
         .Arg<F32>()  // g_m [T, B]
         .Arg<F32>()  // g_hebb_T [B, H, H]
@@ -574,4 +661,5 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(
         .Ret<F32>()  // g_w_mod [H]
         .Ret<F32>()  // g_b_mod []
         .Ret<F32>()  // g_clip []
-        .Attr<int64_t>("network"));
+        .Attr<int64_t>("network")
+        .Attr<int64_t>("segment"));
