@@ -2,6 +2,7 @@
 
 from bpm_jax.cells import PlasticLSTMCell, PlasticRNNCell
 from bpm_jax.config import PlasticityConfig
+from bpm_jax.omniglot_net import ConvEmbedding, OmniglotNet
 from bpm_jax.plasticity import (
   LSTMState,
   PlasticParams,

@@ -17,6 +17,7 @@ from gymnax.environments import environment
 from envs.cue_reward import CueReward
 from envs.grid_maze import GridMaze
 from envs.image_completion import ImageCompletion
+from envs.omniglot import Omniglot, SyntheticGlyphs
 from envs.pattern_completion import PatternCompletion
 
 
@@ -41,14 +42,23 @@ _SPECS: dict[str, EnvSpec] = {
   "GridMaze-v0": EnvSpec(GridMaze),
 }
 
-# Supervised episodic tasks (SPEC §5.4-5.5): `sample_episode(key, params)`, no `step`.
+# Supervised episodic tasks (SPEC §5.4-5.6): `sample_episode(key, params)`, no `step`.
 _TASK_SPECS: dict[str, EnvSpec] = {
   "PatternCompletion-v0": EnvSpec(PatternCompletion),
   "ImageCompletion-v0": EnvSpec(ImageCompletion),
+  "Omniglot-v0": EnvSpec(Omniglot),
+  "SyntheticGlyphs-v0": EnvSpec(SyntheticGlyphs),  # Generated glyphs, not Omniglot.
 }
 
 registered_envs: tuple[str, ...] = tuple(_SPECS)
 registered_tasks: tuple[str, ...] = tuple(_TASK_SPECS)
+
+
+def task_class(task_id: str) -> type:
+  """The class of a registered episodic task (nothing is built or loaded)."""
+  if task_id not in _TASK_SPECS:
+    raise ValueError(f"Unknown task id {task_id!r}; known ids: {', '.join(_TASK_SPECS)}.")
+  return _TASK_SPECS[task_id].env_class
 
 
 def make(env_id: str, **kwargs: Any) -> tuple[environment.Environment, Any]:

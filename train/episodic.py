@@ -1,4 +1,4 @@
-"""`python -m train.episodic`: supervised meta-learning on the completion tasks (flags only).
+"""`python -m train.episodic`: supervised meta-learning, completion and one-shot tasks (flags only).
 
 Flags not given take the task's reference settings (`train.episodic_config`):
 
@@ -8,6 +8,10 @@ Flags not given take the task's reference settings (`train.episodic_config`):
     python -m train.episodic --task=ImageCompletion-v0 --network=plastic \
         --iterations=3000 --workdir=runs/images_plastic
     python -m train.episodic --workdir=runs/images_plastic --resume --iterations=6000
+    python -m train.episodic --task=Omniglot-v0 --data_dir=/path/to/omniglot \
+        --network=plastic --workdir=runs/omniglot_plastic    # SPEC §5.6: 5M episodes
+    python -m train.episodic --task=SyntheticGlyphs-v0 --network=plastic \
+        --iterations=20000 --workdir=runs/glyphs_plastic     # generated glyphs, NOT Omniglot
 
 The library: `train.episodic_learner` (pure functions, `make_train`),
 `train.episodic_train` (the host loop, `train_and_evaluate`); pictures with

@@ -7,9 +7,13 @@
 
 Each step samples `batch_size` episodes (`task.sample_episode`, vmapped), runs
 the network over each (BPTT through the whole episode), and takes one Adam
-step on the mean over the batch of the final-step squared error
-`sum_j (y_T[j] - target[j])^2` (SPEC §5.4-5.5). `make_train(config) ->
-train(key)` is the whole run as one function (seeds: `jax.vmap(train)`).
+step on the mean over the batch of the task family's loss
+(`train.episodic_adapters`): the final-step squared error `sum_j (y_T[j] -
+target[j])^2` of the completion tasks (SPEC §5.4-5.5), the binary
+cross-entropy of the final step of one-shot classification (SPEC §5.6).
+The learning rate is constant, or multiplied by `lr_decay` every
+`lr_decay_every` episodes. `make_train(config) -> train(key)` is the whole run
+as one function (seeds: `jax.vmap(train)`).
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from bpm_jax import completion
+from train.episodic_adapters import TaskAdapter
 from train.episodic_config import EpisodicConfig
 
 Array = jax.Array
@@ -43,31 +47,37 @@ class EpisodicTrainState:
 
 @dataclasses.dataclass(frozen=True)
 class EpisodicSpec:
-  """What fixes the program: the config, the task (shapes), the network, the optimiser."""
+  """What fixes the program: the config, the task (shapes), the network, the optimiser.
+
+  `adapter` is the task family's network, loss and scores (`train.episodic_adapters`).
+  """
 
   config: EpisodicConfig
   task: Any
   network: nn.Module
   optimizer: optax.GradientTransformation
+  adapter: TaskAdapter
 
 
 def make_network(config: EpisodicConfig, task: Any) -> nn.Module:
-  """The config's network for `task`: `CompletionNet` (plastic / rnn) or the LSTM."""
-  n, p = task.num_neurons, task.item_size
-  if config.network == "lstm":
-    features = config.lstm_features or completion.lstm_features_for(
-      n, p, completion.plastic_param_count(n, completion.PAPER_CONFIG)
-    )
-    return completion.LSTMCompletionNet(features=features, output_size=p)
-  return completion.CompletionNet(
-    num_neurons=n,
-    config=config.plasticity,
-    input_mode=config.input_mode,
-    input_scale=config.input_scale,
-    init_scale=config.init_scale,
-    eta_init=config.eta_init,
-    remat_every=config.remat_every,
-  )
+  """The config's network for `task`: the family's (`CompletionNet`, the LSTM, `OmniglotNet`)."""
+  return config.adapter.make_network(config, task)
+
+
+def learning_rate(config: EpisodicConfig) -> float | optax.Schedule:
+  """The constant rate, or `lr * lr_decay ** floor(episodes / lr_decay_every)` (optax schedule).
+
+  The schedule's count is the optimiser step; episodes seen before it = count * batch_size.
+  """
+  if not config.lr_decay_every:
+    return config.learning_rate
+  rate, decay = config.learning_rate, config.lr_decay
+  every, batch = config.lr_decay_every, config.batch_size
+
+  def schedule(count: Array) -> Array:
+    return rate * decay ** jnp.floor(count * batch / every)
+
+  return schedule
 
 
 def make_spec(config: EpisodicConfig) -> EpisodicSpec:
@@ -76,7 +86,8 @@ def make_spec(config: EpisodicConfig) -> EpisodicSpec:
     config=config,
     task=task,
     network=make_network(config, task),
-    optimizer=optax.adam(config.learning_rate),
+    optimizer=optax.adam(learning_rate(config)),
+    adapter=config.adapter,
   )
 
 
@@ -87,8 +98,7 @@ def param_count(spec: EpisodicSpec) -> int:
 
 def init(spec: EpisodicSpec, key: Array) -> EpisodicTrainState:
   key_params, key_run = jax.random.split(key)
-  inputs = jnp.zeros((spec.task.episode_length, spec.task.num_neurons), jnp.float32)
-  params = spec.network.init(key_params, inputs)
+  params = spec.adapter.init(spec.network, spec.task, key_params)
   return EpisodicTrainState(
     params=params,
     opt_state=spec.optimizer.init(params),
@@ -98,12 +108,12 @@ def init(spec: EpisodicSpec, key: Array) -> EpisodicTrainState:
 
 
 def episode_scores(spec: EpisodicSpec, params: PyTree, episode: Any) -> dict[str, Array]:
-  """Loss `sum_j (y_T[j] - target[j])^2` and the fraction of wrong signs, one episode."""
-  output = spec.network.apply(params, episode.inputs)  # [P]
-  return {
-    "loss": jnp.sum(jnp.square(output - episode.target)),
-    "bit_error": jnp.mean(jnp.sign(output) != jnp.sign(episode.target)),
-  }
+  """The family's scores of one episode (`spec.adapter.scores`: loss first).
+
+  Completion: loss `sum_j (y_T[j] - target[j])^2` and the fraction of wrong
+  signs; one-shot: the BCE of y_T against the target and the accuracy.
+  """
+  return spec.adapter.episode_scores(spec.network, params, episode)
 
 
 def sample_episodes(spec: EpisodicSpec, task_params: Any, key: Array, num: int) -> Any:
@@ -121,7 +131,7 @@ def _batch_loss(spec: EpisodicSpec, params: PyTree, episodes: Any):
 def train_step(
   spec: EpisodicSpec, task_params: Any, state: EpisodicTrainState
 ) -> tuple[EpisodicTrainState, dict[str, Array]]:
-  """One Adam step on `batch_size` fresh episodes; metrics: loss, bit_error, finite."""
+  """One Adam step on `batch_size` fresh episodes; metrics: the family's scores, finite."""
   key, key_episodes = jax.random.split(jax.random.wrap_key_data(state.key))
   episodes = sample_episodes(spec, task_params, key_episodes, spec.config.batch_size)
   grads, scores = jax.grad(lambda p: _batch_loss(spec, p, episodes), has_aux=True)(state.params)
@@ -146,7 +156,7 @@ def run(
 def evaluate(
   spec: EpisodicSpec, task_params: Any, params: PyTree, key: Array, num_episodes: int
 ) -> dict[str, Array]:
-  """Mean loss and bit error over `num_episodes` episodes drawn with `key` (no training)."""
+  """Mean scores (loss, bit error / accuracy) over `num_episodes` episodes drawn with `key`."""
   episodes = sample_episodes(spec, task_params, key, num_episodes)
   scores = jax.lax.map(
     lambda e: episode_scores(spec, params, e), episodes, batch_size=min(num_episodes, 10)

@@ -8,6 +8,9 @@ range over seeds, held-out evaluations as points) and `completions.png`: per
 run, one held-out episode (the same for every run) as the paper's figure: the
 stored items, the degraded probe, the network's output y_T and the truth.
 Patterns are drawn as 25 x 40 images of their 1000 bits, images as 32 x 32.
+For one-shot classification (Omniglot-v0, SyntheticGlyphs-v0) the curves are
+loss and accuracy, and `episodes.png` shows one held-out episode per run: the
+labelled drawings, the test drawing and the network's y_T per label.
 """
 
 from __future__ import annotations
@@ -61,7 +64,13 @@ def plot_curves(workdirs: Sequence[str], out_path: str) -> str:
       raise FileNotFoundError(f"{workdir} has no {metrics_lib.METRICS_CSV}: is it an episodic run?")
     runs.append((load_config(workdir), metrics_lib.read_csv(path)))
   configs = [config for config, _ in runs]
-  scores = ("loss", "bit_error") if configs[0].task == "PatternCompletion-v0" else ("loss",)
+  columns = set(runs[0][1][0]) if runs[0][1] else set()
+  if configs[0].task == "PatternCompletion-v0":
+    scores = ("loss", "bit_error")
+  elif "accuracy_median" in columns:  # One-shot classification.
+    scores = ("loss", "accuracy")
+  else:
+    scores = ("loss",)
   fig, axes = plt.subplots(1, len(scores), figsize=(6 * len(scores), 4), squeeze=False)
   for config, rows in runs:
     if not rows:
@@ -93,6 +102,11 @@ def plot_curves(workdirs: Sequence[str], out_path: str) -> str:
     ax.xaxis.get_major_locator().set_params(integer=True)
     if score == "loss":
       ax.set_yscale("log")
+    if score == "accuracy":
+      ways = configs[0].n_items or 5
+      ax.axhline(1.0 / ways, color="grey", lw=0.8, ls=":", label=f"chance (1/{ways})")
+      ax.set_ylim(0, 1)
+      ax.legend(fontsize=8)
   axes[0][0].legend(fontsize=8)
   fig.suptitle(configs[0].task)
   fig.tight_layout()
@@ -165,8 +179,71 @@ def plot_completions(workdirs: Sequence[str], out_path: str) -> str:
   return out_path
 
 
+def one_shot_episode(workdir: str, seed_index: int = 0) -> dict[str, np.ndarray]:
+  """One held-out classification episode and the run's y_T on it (latest checkpoint).
+
+  Returns: dict of images [T, 31, 31], labels [T, n], probabilities y_T [n],
+  target [n] (NumPy), network, task.
+  """
+  from train import episodic_learner as learner_lib  # pylint: disable=g-import-not-at-top
+  from train.episodic_train import restore_state  # pylint: disable=g-import-not-at-top
+
+  config, state, _ = restore_state(workdir)
+  spec = learner_lib.make_spec(config)
+  _, _, held_out = config.make_task()
+  params = jax.tree.map(lambda x: x[seed_index], state.params)
+  episode = spec.task.sample_episode(jax.random.fold_in(learner_lib.eval_key(), 1), held_out)
+  logits = jax.jit(spec.network.apply)(params, episode.images, episode.labels)[-1]
+  return dict(
+    images=np.asarray(episode.images),
+    labels=np.asarray(episode.labels),
+    probabilities=np.asarray(jax.nn.softmax(logits)),
+    target=np.asarray(episode.target),
+    network=config.network,
+    task=config.task,
+  )
+
+
+def plot_one_shot(workdirs: Sequence[str], out_path: str) -> str:
+  """One row per run: the labelled drawings | the test drawing | y_T per label."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  results = [one_shot_episode(workdir) for workdir in workdirs]
+  steps = results[0]["images"].shape[0]
+  fig, axes = plt.subplots(
+    len(results), steps + 1, figsize=(1.5 * (steps + 1), 1.9 * len(results) + 0.4), squeeze=False
+  )
+  for row, result in zip(axes, results):
+    for t, ax in enumerate(row[:steps]):
+      ax.imshow(result["images"][t], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+      labelled = result["labels"][t].any()
+      title = f"label {int(np.argmax(result['labels'][t]))}" if labelled else "test"
+      ax.set_title(title, fontsize=8)
+      ax.set_xticks([])
+      ax.set_yticks([])
+    ways = len(result["target"])
+    colours = ["tab:green" if result["target"][k] else "tab:grey" for k in range(ways)]
+    row[-1].bar(range(ways), result["probabilities"], color=colours)
+    row[-1].set_ylim(0, 1)
+    row[-1].set_xticks(range(ways))
+    row[-1].set_title("y_T (green: truth)", fontsize=8)
+    row[0].set_ylabel(result["network"], fontsize=9)
+  fig.suptitle(f"{results[0]['task']}: one held-out episode", fontsize=10)
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
+  fig.savefig(out_path, dpi=110)
+  plt.close(fig)
+  return out_path
+
+
 def main(argv):
   from absl import app, flags  # pylint: disable=g-import-not-at-top
+
+  from train.episodic_adapters import ONE_SHOT, adapter_for  # pylint: disable=g-import-not-at-top
+  from train.episodic_train import load_config  # pylint: disable=g-import-not-at-top
 
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -176,7 +253,10 @@ def main(argv):
     raise app.UsageError(f"--workdirs: missing or not a directory: {missing or '(none given)'}")
   out_dir = flags.FLAGS.out_dir or workdirs[0]
   print(plot_curves(workdirs, os.path.join(out_dir, "curves.png")))
-  print(plot_completions(workdirs, os.path.join(out_dir, "completions.png")))
+  if adapter_for(load_config(workdirs[0]).task) is ONE_SHOT:
+    print(plot_one_shot(workdirs, os.path.join(out_dir, "episodes.png")))
+  else:
+    print(plot_completions(workdirs, os.path.join(out_dir, "completions.png")))
 
 
 if __name__ == "__main__":

@@ -3,17 +3,20 @@
     config = episodic_defaults("PatternCompletion-v0", network="plastic", num_seeds=3)
     state, rows = train_and_evaluate(config, "runs/patterns_plastic")
 
-Outputs in the workdir: config.json, metrics.csv (per iteration: loss and bit
-error per seed and their median; at every `eval_every` iterations the same on
-`eval_episodes` held-out episodes, the test images for ImageCompletion),
-TensorBoard events, checkpoints/, curves.png. `--resume` continues after the
-latest checkpoint with the same numbers as an uninterrupted run.
+Outputs in the workdir: config.json, metrics.csv (per iteration, or per
+`log_every` iterations as their mean: the task family's scores per seed and
+their median, loss and bit error for the completion tasks, loss and accuracy
+for one-shot classification; at every `eval_every` iterations the same on
+`eval_episodes` held-out episodes: the test images for ImageCompletion, the
+held-out characters for Omniglot), TensorBoard events, checkpoints/,
+curves.png. `--resume` continues after the latest checkpoint with the same
+numbers as an uninterrupted run.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import jax
 import numpy as np
@@ -26,7 +29,7 @@ from train.episodic_config import RUN_CONTROL_FIELDS, EpisodicConfig
 from train.episodic_learner import EpisodicSpec, EpisodicTrainState
 
 CURVES_PNG = "curves.png"
-SCORES = ("loss", "bit_error")
+SCORES = ("loss", "bit_error")  # The completion tasks'; a config's own: `config.adapter.scores`.
 
 
 def _init_fn(spec: EpisodicSpec):
@@ -59,22 +62,63 @@ def abstract_state(spec: EpisodicSpec) -> EpisodicTrainState:
   return jax.eval_shape(_init_fn(spec), run_lib.seed_keys(0, spec.config.num_seeds))
 
 
-def metric_fieldnames(num_seeds: int) -> list[str]:
+def metric_fieldnames(num_seeds: int, scores: Sequence[str] = SCORES) -> list[str]:
   names = ["iteration"]
   for prefix in ("", "eval_"):
-    for score in SCORES:
+    for score in scores:
       names += [f"{prefix}{score}_seed{s}" for s in range(num_seeds)] + [f"{prefix}{score}_median"]
   return names + ["episodes_per_s"]
 
 
-def _score_columns(scores: dict, prefix: str, n: Optional[int] = None) -> dict[str, float]:
+def _score_columns(
+  scores: dict, prefix: str, n: Optional[int] = None, names: Sequence[str] = SCORES
+) -> dict[str, float]:
   row = {}
-  for score in SCORES:
+  for score in names:
     values = np.asarray(scores[score])
     values = values[:, n] if n is not None else values  # [S]
     row.update({f"{prefix}{score}_seed{s}": float(v) for s, v in enumerate(values)})
     row[f"{prefix}{score}_median"] = float(np.median(values))
   return row
+
+
+class _RowGrouper:
+  """Per-iteration metrics -> one row per `log_every` iterations (their mean per seed).
+
+  A group ends at an iteration i with (i + 1) % log_every == 0, or at the run's
+  last iteration; iterations of an unfinished group wait for the next chunk.
+  With log_every = 1 every iteration is its own row (its values unchanged).
+  """
+
+  def __init__(self, log_every: int, last_iteration: int, names: Sequence[str]):
+    self.log_every, self.last_iteration, self.names = log_every, last_iteration, names
+    self.pending: list[dict[str, np.ndarray]] = []  # Per iteration: score -> [S].
+
+  def add(self, first_iteration: int, metrics: dict, episodes_per_s: float) -> list[dict]:
+    """Rows completed by a chunk's metrics ([S, n] per score), starting at `first_iteration`."""
+    rows = []
+    n = np.asarray(metrics[self.names[0]]).shape[1]
+    for k in range(n):
+      iteration = first_iteration + k
+      self.pending.append({name: np.asarray(metrics[name])[:, k] for name in self.names})
+      if (iteration + 1) % self.log_every and iteration != self.last_iteration:
+        continue
+      # [S, 1] per score: the group's mean (one iteration: its values as they are).
+      group = {
+        name: np.mean(np.stack([p[name] for p in self.pending], 1), 1, keepdims=True)
+        if len(self.pending) > 1
+        else self.pending[0][name][:, None]
+        for name in self.names
+      }
+      self.pending = []
+      rows.append(
+        dict(
+          iteration=iteration,
+          episodes_per_s=episodes_per_s,
+          **_score_columns(group, "", 0, self.names),
+        )
+      )
+    return rows
 
 
 def load_config(workdir: str) -> EpisodicConfig:
@@ -124,8 +168,10 @@ def train_and_evaluate(
     )
     start = int(np.asarray(state.iteration)[0])
     run.write_config(config.to_dict())
+    scores = spec.adapter.scores
     run.open_metrics(
-      metric_fieldnames(config.num_seeds), keep=lambda row: int(float(row["iteration"])) < start
+      metric_fieldnames(config.num_seeds, scores),
+      keep=lambda row: int(float(row["iteration"])) < start,
     )
     print(
       metrics_lib.format_config(
@@ -139,7 +185,8 @@ def train_and_evaluate(
       print(f"Resuming from the checkpoint at iteration {start}.", flush=True)
 
     progress = run.progress(config.iterations, start, config.progress, desc=config.network)
-    all_rows = []
+    grouper = _RowGrouper(config.log_every, config.iterations - 1, scores)
+    all_rows, last_row = [], None
     iteration = start
     while iteration < config.iterations:
       stops = [config.checkpoint_every, config.eval_every or config.iterations]
@@ -158,20 +205,13 @@ def train_and_evaluate(
       new_state, metrics = fn(train_params, state)
       metrics = jax.device_get(metrics)
       seconds = watch.lap()
-      rows = [
-        dict(
-          iteration=iteration + k,
-          episodes_per_s=config.num_seeds * config.batch_size * n / seconds,
-          **_score_columns(metrics, "", k),
-        )
-        for k in range(n)
-      ]
+      rows = grouper.add(iteration, metrics, config.num_seeds * config.batch_size * n / seconds)
       run.check_finite(
         metrics["finite"],  # [S, N]
         describe=lambda bad, seeds: (
           f"loss, gradient or parameters at iteration {iteration + bad} (seed index {seeds})"
         ),
-        good_rows=lambda bad: rows[:bad],
+        good_rows=lambda bad: [row for row in rows if row["iteration"] < iteration + bad],
         lost="that state was not saved",
         hint="Lower --learning_rate, or check the settings.",
       )
@@ -186,16 +226,13 @@ def train_and_evaluate(
           held_out_params,
           state.params,
         )
-        scores = jax.device_get(eval_fn(held_out_params, state.params))
-        rows[-1].update(_score_columns(scores, "eval_"))
+        evaluation = jax.device_get(eval_fn(held_out_params, state.params))
+        rows[-1].update(_score_columns(evaluation, "eval_", names=scores))
       run.write_rows(rows)
       all_rows += rows
-      progress.update(
-        n,
-        loss=rows[-1]["loss_median"],
-        bit_error=rows[-1]["bit_error_median"],
-        episodes_per_s=rows[-1]["episodes_per_s"],
-      )
+      last_row = rows[-1] if rows else last_row
+      shown = {name: last_row[f"{name}_median"] for name in scores} if last_row else {}
+      progress.update(n, **shown, episodes_per_s=config.num_seeds * config.batch_size * n / seconds)
       if iteration % config.checkpoint_every == 0 or iteration == config.iterations:
         run.save(iteration, state, {"iteration": iteration, "config": config.to_dict()})
     run.close_progress()
