@@ -32,7 +32,9 @@ COLOURS = {"plastic": "tab:red", "rnn": "tab:blue", "lstm": "tab:green"}
 
 def _read(path: str) -> list[dict]:
   with open(path, newline="") as f:
-    return [{k: float(v) if v != "" else np.nan for k, v in row.items()} for row in csv.DictReader(f)]
+    return [
+      {k: float(v) if v != "" else np.nan for k, v in row.items()} for row in csv.DictReader(f)
+    ]
 
 
 def downsample(workdir: str, out: str, every: int) -> None:
@@ -87,7 +89,9 @@ def main() -> None:
 
   fig = Figure(figsize=(6 * len(scores), 4))
   axes = fig.subplots(1, len(scores), squeeze=False)[0]
-  print(f"{'network':8s} {'score':10s} {'first block':>12s} {'last block':>11s} {'held-out':>9s}  per seed")
+  print(
+    f"{'network':8s} {'score':10s} {'first block':>12s} {'last block':>11s} {'held-out':>9s}  per seed"
+  )
   for network, rows in runs.items():
     x = [r["iteration"] for r in rows]
     for ax, score in zip(axes, scores):
