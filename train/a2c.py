@@ -13,10 +13,8 @@ The library: `train.a2c_learner` (pure functions, `make_train`),
 from __future__ import annotations
 
 import dataclasses
-import os
 
 from train import flags as flags_lib
-from train import run as run_lib
 from train.a2c_config import CHOICES, PAPER_DEFAULTS, A2CConfig, a2c_defaults, paper_defaults
 from train.a2c_train import load_config, train_and_evaluate
 
@@ -58,24 +56,9 @@ def config_from_flags(flag_values) -> A2CConfig:
   Raises:
     ValueError: an invalid value, naming the flag and what is allowed.
   """
-  given = {}
-  for field in dataclasses.fields(A2CConfig):
-    value = flag_values[field.name].value
-    if value is not None and field.name != "env":
-      given[field.name] = value
-  flags_lib.require_workdir(flag_values)
-  saved = flags_lib.saved_config_for_resume(
-    flag_values,
-    run_lib.CONFIG_JSON,
-    lambda path: load_config(os.path.dirname(path)).to_dict(),
-    fresh_on_resume=FRESH_ON_RESUME,
+  return flags_lib.config_with_defaults(
+    flag_values, A2CConfig, "env", a2c_defaults, load_config, fresh_on_resume=FRESH_ON_RESUME
   )
-  with flags_lib.as_flag_errors(A2CConfig):
-    if saved is not None:  # --resume: what is not given comes from the saved run.
-      if flag_values["env"].present:
-        given["env"] = flag_values["env"].value
-      return A2CConfig.from_dict(dict(saved, **given))
-    return a2c_defaults(flag_values["env"].value, **given)
 
 
 def main(argv):

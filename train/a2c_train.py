@@ -17,7 +17,6 @@ import jax
 import numpy as np
 
 from train import a2c_learner as learner_lib
-from train import checkpoint as checkpoint_lib
 from train import metrics as metrics_lib
 from train import run as run_lib
 from train.a2c_config import RUN_CONTROL_FIELDS, A2CConfig, A2CHParams
@@ -121,8 +120,7 @@ def _describe_agent(agent: int, hparams: A2CHParams, per_agent: bool, num_seeds:
 
 def load_config(workdir: str) -> A2CConfig:
   """The A2CConfig saved in `workdir`: config.json's, else the latest checkpoint's."""
-  payload, _ = run_lib.saved_payload(workdir)
-  return A2CConfig.from_dict(A2CConfig.saved_settings(payload))
+  return run_lib.load_config(workdir, A2CConfig)
 
 
 def restore_state(
@@ -131,11 +129,10 @@ def restore_state(
   """Loads (config, seed-stacked A2CTrainState, iteration) from a workdir's checkpoint."""
   config = config or load_config(workdir)
   spec = learner_lib.make_spec(config)
-  with checkpoint_lib.Checkpointer(
-    os.path.join(workdir, run_lib.CHECKPOINT_DIR), config.keep_checkpoints
-  ) as ckpt:
-    state, metadata = ckpt.restore(abstract_state(spec, config.num_seeds), step)
-  return config, state, int(metadata.get("iteration", int(np.asarray(state.iteration)[0])))
+  state, iteration = run_lib.restore_checkpoint(
+    workdir, config.keep_checkpoints, abstract_state(spec, config.num_seeds), step
+  )
+  return config, state, iteration
 
 
 def train_and_evaluate(

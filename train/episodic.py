@@ -20,11 +20,7 @@ The library: `train.episodic_learner` (pure functions, `make_train`),
 
 from __future__ import annotations
 
-import dataclasses
-import os
-
 from train import flags as flags_lib
-from train import run as run_lib
 from train.episodic_config import CHOICES, EpisodicConfig, episodic_defaults
 from train.episodic_train import load_config, train_and_evaluate
 
@@ -42,27 +38,14 @@ def define_flags(flag_values=None) -> None:
 def config_from_flags(flag_values) -> EpisodicConfig:
   """EpisodicConfig from parsed flags; flags not given take the task's reference settings.
 
-  With `--resume` and a `config.json` in the workdir, flags not given take the
-  saved run's values instead.
+  With `--resume`, flags not given take the saved run's values instead.
 
   Raises:
     ValueError: an invalid value, naming the flag and what is allowed.
   """
-  given = {}
-  for field in dataclasses.fields(EpisodicConfig):
-    value = flag_values[field.name].value
-    if value is not None and field.name != "task":
-      given[field.name] = value
-  flags_lib.require_workdir(flag_values)
-  saved = flags_lib.saved_config_for_resume(
-    flag_values, run_lib.CONFIG_JSON, lambda path: load_config(os.path.dirname(path)).to_dict()
+  return flags_lib.config_with_defaults(
+    flag_values, EpisodicConfig, "task", episodic_defaults, load_config
   )
-  with flags_lib.as_flag_errors(EpisodicConfig):
-    if saved is not None:
-      if flag_values["task"].present:
-        given["task"] = flag_values["task"].value
-      return EpisodicConfig.from_dict(dict(saved, **given))
-    return episodic_defaults(flag_values["task"].value, **given)
 
 
 def main(argv):

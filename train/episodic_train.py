@@ -21,7 +21,6 @@ from typing import Any, Optional, Sequence
 import jax
 import numpy as np
 
-from train import checkpoint as checkpoint_lib
 from train import episodic_learner as learner_lib
 from train import metrics as metrics_lib
 from train import run as run_lib
@@ -123,8 +122,7 @@ class _RowGrouper:
 
 def load_config(workdir: str) -> EpisodicConfig:
   """The EpisodicConfig saved in `workdir`: config.json's, else the latest checkpoint's."""
-  payload, _ = run_lib.saved_payload(workdir)
-  return EpisodicConfig.from_dict(EpisodicConfig.saved_settings(payload))
+  return run_lib.load_config(workdir, EpisodicConfig)
 
 
 def restore_state(
@@ -133,11 +131,10 @@ def restore_state(
   """(config, seed-stacked state, iteration) from a workdir's (latest or given) checkpoint."""
   config = config or load_config(workdir)
   spec = learner_lib.make_spec(config)
-  with checkpoint_lib.Checkpointer(
-    os.path.join(workdir, run_lib.CHECKPOINT_DIR), config.keep_checkpoints
-  ) as ckpt:
-    state, metadata = ckpt.restore(abstract_state(spec), step)
-  return config, state, int(metadata.get("iteration", int(np.asarray(state.iteration)[0])))
+  state, iteration = run_lib.restore_checkpoint(
+    workdir, config.keep_checkpoints, abstract_state(spec), step
+  )
+  return config, state, iteration
 
 
 def train_and_evaluate(

@@ -177,6 +177,48 @@ def help_text(flag_values, names: Collection[str], doc: Optional[str]) -> str:
   return "\n".join(lines) + "\n"
 
 
+def config_with_defaults(
+  flag_values,
+  config_cls: type,
+  selector: str,
+  defaults: Callable[..., Any],
+  load_saved: Callable[[str], Any],
+  fresh_on_resume: tuple[str, ...] = (),
+) -> Any:
+  """A trainer config from parsed flags whose defaults depend on one selector flag.
+
+  Flags not given (None) take `defaults(<selector value>, **given)` (e.g. the
+  paper settings of `--env` / `--task`). With `--resume`, they take the saved
+  run's values instead (config.json's, or the checkpoint's: `load_saved(workdir)`
+  returns the saved config), except `fresh_on_resume` fields.
+
+  Raises:
+    ValueError: an invalid value, naming the flag and what is allowed.
+  """
+  import os  # pylint: disable=g-import-not-at-top
+
+  from train import run as run_lib  # pylint: disable=g-import-not-at-top
+
+  given = {}
+  for field in dataclasses.fields(config_cls):
+    value = flag_values[field.name].value
+    if value is not None and field.name != selector:
+      given[field.name] = value
+  require_workdir(flag_values)
+  saved = saved_config_for_resume(
+    flag_values,
+    run_lib.CONFIG_JSON,
+    lambda path: load_saved(os.path.dirname(path)).to_dict(),
+    fresh_on_resume=fresh_on_resume,
+  )
+  with as_flag_errors(config_cls):
+    if saved is not None:  # --resume: what is not given comes from the saved run.
+      if flag_values[selector].present:
+        given[selector] = flag_values[selector].value
+      return config_cls.from_dict(dict(saved, **given))
+    return defaults(flag_values[selector].value, **given)
+
+
 def run_cli(define_flags: Callable[[], None], main: Callable[[list[str]], None]) -> None:
   """An entry point's `if __name__ == "__main__"`: define the flags, run `main`.
 

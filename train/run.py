@@ -518,6 +518,21 @@ def saved_payload(workdir: str) -> tuple[Any, str]:
   return metadata["config"], f"the metadata of the checkpoint {where}"
 
 
+def load_config(workdir: str, config_cls: type) -> Any:
+  """The `config_cls` (a `ConfigMixin`) saved in `workdir`: config.json's, else the checkpoint's."""
+  payload, _ = saved_payload(workdir)
+  return config_cls.from_dict(config_cls.saved_settings(payload))
+
+
+def restore_checkpoint(
+  workdir: str, keep_checkpoints: int, abstract_state: PyTree, step: Optional[int] = None
+) -> tuple[PyTree, int]:
+  """(state, iteration) of a workdir's latest (or `step`) checkpoint, shaped as `abstract_state`."""
+  with checkpoint_lib.Checkpointer(os.path.join(workdir, CHECKPOINT_DIR), keep_checkpoints) as ckpt:
+    state, metadata = ckpt.restore(abstract_state, step)
+  return state, int(metadata.get("iteration", int(np.asarray(state.iteration)[0])))
+
+
 # --------------------------------------------------------------------------
 # The run.
 
