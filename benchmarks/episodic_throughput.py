@@ -18,12 +18,11 @@ authors' code included) is run here.
 from __future__ import annotations
 
 import itertools
-import time
 
 import jax
 from absl import app, flags
 
-from bpm_jax import xla
+from benchmarks.episodic_timing import training_figures
 from train import episodic_learner
 from train.episodic_config import episodic_defaults
 
@@ -37,32 +36,14 @@ flags.DEFINE_integer("remat_every", 10, "Steps per recomputed segment.", lower_b
 
 
 def measure(config, hand_written: bool) -> dict:
-  """Compile time, s/iteration, episodes/s and temp MiB of one config."""
+  """`training_figures` of one config, with the chosen plastic backward pass."""
   spec = episodic_learner.make_spec(config)
   if config.network != "lstm":
     spec = spec.__class__(
       **dict(vars(spec), network=spec.network.clone(hand_written_backward=hand_written))
     )
   _, task_params, _ = config.make_task()
-  state = episodic_learner.init(spec, jax.random.key(0))
-  fn = jax.jit(lambda p, s: episodic_learner.run(spec, p, s, config.iterations))
-  start = time.perf_counter()
-  compiled = xla.compile(fn, task_params, state)
-  compile_s = time.perf_counter() - start
-  jax.block_until_ready(compiled(task_params, state))  # Warm-up.
-  start = time.perf_counter()
-  jax.block_until_ready(compiled(task_params, state))
-  seconds = (time.perf_counter() - start) / config.iterations
-  memory = compiled.memory_analysis()
-  temp_mib = (
-    getattr(memory, "temp_size_in_bytes", 0) / 2**20 if memory is not None else float("nan")
-  )
-  return dict(
-    compile_s=compile_s,
-    s_per_it=seconds,
-    episodes_per_s=config.batch_size / seconds,
-    temp_mib=temp_mib,
-  )
+  return training_figures(spec, config, task_params)
 
 
 def main(argv):

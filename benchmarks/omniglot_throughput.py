@@ -22,6 +22,7 @@ import time
 import jax
 from absl import app, flags
 
+from benchmarks.episodic_timing import training_figures
 from bpm_jax import xla
 from train import episodic_learner
 from train.episodic_config import episodic_defaults
@@ -45,29 +46,15 @@ def measure(config) -> dict:
   """Compile time, s/iteration, episodes/s, eval episodes/s and temp MiB of one config."""
   spec = episodic_learner.make_spec(config)
   _, task_params, held_out = config.make_task()
-  state = episodic_learner.init(spec, jax.random.key(0))
-  fn = jax.jit(lambda p, s: episodic_learner.run(spec, p, s, config.iterations))
-  start = time.perf_counter()
-  compiled = xla.compile(fn, task_params, state)
-  compile_s = time.perf_counter() - start
-  seconds = _timed(compiled, task_params, state) / config.iterations
-  memory = compiled.memory_analysis()
-  temp_mib = (
-    getattr(memory, "temp_size_in_bytes", 0) / 2**20 if memory is not None else float("nan")
-  )
+  figures = training_figures(spec, config, task_params)
+  state = figures.pop("state")
   evaluate = jax.jit(
     lambda p, params: episodic_learner.evaluate(
       spec, p, params, episodic_learner.eval_key(), FLAGS.eval_episodes
     )
   )
   eval_s = _timed(xla.compile(evaluate, held_out, state.params), held_out, state.params)
-  return dict(
-    compile_s=compile_s,
-    s_per_it=seconds,
-    episodes_per_s=config.batch_size / seconds,
-    eval_episodes_per_s=FLAGS.eval_episodes / eval_s,
-    temp_mib=temp_mib,
-  )
+  return dict(figures, eval_episodes_per_s=FLAGS.eval_episodes / eval_s)
 
 
 def main(argv):

@@ -28,6 +28,25 @@ from train import metrics as metrics_lib
 COLOURS = {"plastic": "tab:red", "rnn": "tab:blue", "lstm": "tab:green"}
 
 
+def _pyplot():
+  """matplotlib.pyplot on the Agg backend (no screen)."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  return plt
+
+
+def _save(plt, fig, out_path: str) -> str:
+  """Lays out, writes (creating its folder) and closes `fig`; returns `out_path`."""
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
+  fig.savefig(out_path, dpi=110)
+  plt.close(fig)
+  return out_path
+
+
 def _label(config, configs) -> str:
   """The network, plus every setting that differs between the runs plotted together."""
   label = config.network
@@ -50,10 +69,7 @@ def _smooth(values: np.ndarray, width: int) -> np.ndarray:
 
 def plot_curves(workdirs: Sequence[str], out_path: str) -> str:
   """Training loss / bit error (and held-out points) of each run; returns `out_path`."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  plt = _pyplot()
 
   from train.episodic_train import load_config  # pylint: disable=g-import-not-at-top
 
@@ -109,11 +125,7 @@ def plot_curves(workdirs: Sequence[str], out_path: str) -> str:
       ax.legend(fontsize=8)
   axes[0][0].legend(fontsize=8)
   fig.suptitle(configs[0].task)
-  fig.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
-  fig.savefig(out_path, dpi=110)
-  plt.close(fig)
-  return out_path
+  return _save(plt, fig, out_path)
 
 
 def completions(workdir: str, seed_index: int = 0) -> dict[str, np.ndarray]:
@@ -151,10 +163,7 @@ def _as_image(values: np.ndarray) -> np.ndarray:
 
 def plot_completions(workdirs: Sequence[str], out_path: str) -> str:
   """One row per run: stored items | probe | output | truth, on the same held-out episode."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  plt = _pyplot()
 
   results = [completions(workdir) for workdir in workdirs]
   n_items = results[0]["items"].shape[0]
@@ -172,11 +181,7 @@ def plot_completions(workdirs: Sequence[str], out_path: str) -> str:
       ax.set_yticks([])
     row[0].set_ylabel(result["network"], fontsize=9)
   fig.suptitle(f"{results[0]['task']}: one held-out episode", fontsize=10)
-  fig.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
-  fig.savefig(out_path, dpi=110)
-  plt.close(fig)
-  return out_path
+  return _save(plt, fig, out_path)
 
 
 def one_shot_episode(workdir: str, seed_index: int = 0) -> dict[str, np.ndarray]:
@@ -206,10 +211,7 @@ def one_shot_episode(workdir: str, seed_index: int = 0) -> dict[str, np.ndarray]
 
 def plot_one_shot(workdirs: Sequence[str], out_path: str) -> str:
   """One row per run: the labelled drawings | the test drawing | y_T per label."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  plt = _pyplot()
 
   results = [one_shot_episode(workdir) for workdir in workdirs]
   steps = results[0]["images"].shape[0]
@@ -232,11 +234,7 @@ def plot_one_shot(workdirs: Sequence[str], out_path: str) -> str:
     row[-1].set_title("y_T (green: truth)", fontsize=8)
     row[0].set_ylabel(result["network"], fontsize=9)
   fig.suptitle(f"{results[0]['task']}: one held-out episode", fontsize=10)
-  fig.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
-  fig.savefig(out_path, dpi=110)
-  plt.close(fig)
-  return out_path
+  return _save(plt, fig, out_path)
 
 
 def main(argv):
