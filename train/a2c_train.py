@@ -17,6 +17,7 @@ import jax
 import numpy as np
 
 from train import a2c_learner as learner_lib
+from train import devices as devices_lib
 from train import metrics as metrics_lib
 from train import run as run_lib
 from train.a2c_config import RUN_CONTROL_FIELDS, A2CConfig, A2CHParams
@@ -27,22 +28,34 @@ CURVES_PNG = "curves.png"
 _MEAN_METRICS = ("loss", "policy_loss", "value_loss", "entropy_loss", "grad_norm", "modulation_abs")
 
 
-def _init_fn(spec: A2CSpec, per_agent: bool):
-  return jax.vmap(
-    lambda key, hparams: learner_lib.init(spec, key, hparams), in_axes=(0, 0 if per_agent else None)
-  )
+def _init_fn(spec: A2CSpec, per_agent: bool, num_agents: int = 1, mesh=None):
+  in_axes = (0, 0 if per_agent else None)
+  fn = jax.vmap(lambda key, hparams: learner_lib.init(spec, key, hparams), in_axes=in_axes)
+  return devices_lib.over_agents(fn, in_axes, num_agents, mesh)
 
 
-def _run_fn(spec: A2CSpec, num_iterations: int, per_agent: bool, freeze: bool = False):
+def _run_fn(
+  spec: A2CSpec,
+  num_iterations: int,
+  per_agent: bool,
+  freeze: bool = False,
+  num_agents: int = 1,
+  mesh=None,
+):
+  """The chunk of `num_iterations` updates of every agent, its agents split over `mesh`."""
   if freeze:  # Diverged agents frozen (`learner_lib.run(frozen=)`): (state, hparams, frozen [S]).
-    return jax.vmap(
+    in_axes = (0, 0 if per_agent else None, 0)
+    fn = jax.vmap(
       lambda state, hparams, frozen: learner_lib.run(spec, state, hparams, num_iterations, frozen),
-      in_axes=(0, 0 if per_agent else None, 0),
+      in_axes=in_axes,
     )
-  return jax.vmap(
-    lambda state, hparams: learner_lib.run(spec, state, hparams, num_iterations),
-    in_axes=(0, 0 if per_agent else None),
-  )
+  else:
+    in_axes = (0, 0 if per_agent else None)
+    fn = jax.vmap(
+      lambda state, hparams: learner_lib.run(spec, state, hparams, num_iterations),
+      in_axes=in_axes,
+    )
+  return devices_lib.over_agents(fn, in_axes, num_agents, mesh)
 
 
 def init_state(config: A2CConfig, hparams: Optional[A2CHParams] = None) -> A2CTrainState:
@@ -54,9 +67,10 @@ def init_state(config: A2CConfig, hparams: Optional[A2CHParams] = None) -> A2CTr
   hparams = config.hparams() if hparams is None else hparams
   keys = run_lib.seed_keys(config.seed, config.num_seeds)
   per_agent = learner_lib.hparams_per_agent(hparams, config.num_seeds)
+  mesh = devices_lib.agent_mesh(config.num_seeds)
   fn, _ = run_lib.compiled(
-    ("a2c_init", spec.config, per_agent),
-    lambda: _init_fn(spec, per_agent),
+    ("a2c_init", spec.config, per_agent, devices_lib.mesh_key(mesh)),
+    lambda: _init_fn(spec, per_agent, config.num_seeds, mesh),
     keys,
     hparams,
     fast_compile=config.fast_compile,
@@ -161,6 +175,7 @@ def train_and_evaluate(
   """
   hparams = config.hparams() if hparams is None else hparams
   per_agent = learner_lib.hparams_per_agent(hparams, config.num_seeds)
+  mesh = devices_lib.agent_mesh(config.num_seeds)
   spec = learner_lib.make_spec(config)
   config = config.replace(step_impl=spec.config.step_impl)  # As used: config.json.
   with run_lib.Run.for_config(
@@ -192,6 +207,7 @@ def train_and_evaluate(
       ),
       flush=True,
     )
+    print(devices_lib.describe(config.num_seeds, mesh) + ".", flush=True)
     if start:
       print(f"Resuming from the checkpoint at iteration {start}.", flush=True)
 
@@ -204,8 +220,8 @@ def train_and_evaluate(
       n = min(config.chunk_size, next_ckpt - iteration, config.iterations - iteration)
       args = (state, hparams, frozen) if freeze else (state, hparams)
       fn, compile_seconds = run_lib.compiled(
-        ("a2c_run", spec.config, n, per_agent, freeze),
-        lambda: _run_fn(spec, n, per_agent, freeze),
+        ("a2c_run", spec.config, n, per_agent, freeze, devices_lib.mesh_key(mesh)),
+        lambda: _run_fn(spec, n, per_agent, freeze, config.num_seeds, mesh),
         *args,
         fast_compile=config.fast_compile,
       )

@@ -21,6 +21,7 @@ from typing import Any, Optional, Sequence
 import jax
 import numpy as np
 
+from train import devices as devices_lib
 from train import episodic_learner as learner_lib
 from train import metrics as metrics_lib
 from train import run as run_lib
@@ -32,28 +33,37 @@ SCORES = ("loss", "bit_error")  # The completion tasks'; a config's own: `config
 
 
 def _init_fn(spec: EpisodicSpec):
-  return jax.vmap(lambda key: learner_lib.init(spec, key))
+  return devices_lib.vmap_over_agents(
+    lambda key: learner_lib.init(spec, key), (0,), spec.config.num_seeds
+  )
 
 
 def _run_fn(spec: EpisodicSpec, num_iterations: int):
-  return jax.vmap(
-    lambda params, state: learner_lib.run(spec, params, state, num_iterations), in_axes=(None, 0)
+  return devices_lib.vmap_over_agents(
+    lambda params, state: learner_lib.run(spec, params, state, num_iterations),
+    (None, 0),
+    spec.config.num_seeds,
   )
 
 
 def _eval_fn(spec: EpisodicSpec, num_episodes: int):
-  return jax.vmap(
+  return devices_lib.vmap_over_agents(
     lambda params, model: learner_lib.evaluate(
       spec, params, model, learner_lib.eval_key(), num_episodes
     ),
-    in_axes=(None, 0),
+    (None, 0),
+    spec.config.num_seeds,
   )
 
 
 def init_state(spec: EpisodicSpec) -> EpisodicTrainState:
   """The seed-stacked initial state (leaves [S, ...])."""
   keys = run_lib.seed_keys(spec.config.seed, spec.config.num_seeds)
-  fn, _ = run_lib.compiled(("episodic_init", spec.config), lambda: _init_fn(spec), keys)
+  fn, _ = run_lib.compiled(
+    ("episodic_init", spec.config, devices_lib.placement_key(spec.config.num_seeds)),
+    lambda: _init_fn(spec),
+    keys,
+  )
   return fn(keys)
 
 
@@ -178,6 +188,8 @@ def train_and_evaluate(
       ),
       flush=True,
     )
+    num_seeds = config.num_seeds
+    print(devices_lib.describe(num_seeds, devices_lib.agent_mesh(num_seeds)) + ".", flush=True)
     if start:
       print(f"Resuming from the checkpoint at iteration {start}.", flush=True)
 
@@ -190,7 +202,7 @@ def train_and_evaluate(
       next_stop = min((iteration // every + 1) * every for every in stops)
       n = min(config.chunk_size, next_stop - iteration, config.iterations - iteration)
       fn, compile_seconds = run_lib.compiled(
-        ("episodic_run", config, n),
+        ("episodic_run", config, n, devices_lib.placement_key(config.num_seeds)),
         lambda: _run_fn(spec, n),
         train_params,
         state,
@@ -218,7 +230,7 @@ def train_and_evaluate(
         iteration % config.eval_every == 0 or iteration == config.iterations
       ):
         eval_fn, _ = run_lib.compiled(
-          ("episodic_eval", config),
+          ("episodic_eval", config, devices_lib.placement_key(config.num_seeds)),
           lambda: _eval_fn(spec, config.eval_episodes),
           held_out_params,
           state.params,

@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bpm_jax import lm, ptb
+from train import devices as devices_lib
 from train import lm_learner as learner_lib
 from train import metrics as metrics_lib
 from train import run as run_lib
@@ -79,12 +80,14 @@ def compiled_chunk(
   Called as `fn(state, carry, chunk.inputs, chunk.targets, chunk.active, hparams)`.
   """
   model = lm.PlasticLSTMLanguageModel(model_config)
-  build = lambda: jax.vmap(
+  num_seeds = jax.tree.leaves(state)[0].shape[0]
+  build = lambda: devices_lib.vmap_over_agents(
     functools.partial(learner_lib.train_chunk, model, bound_eta=bound_eta),
-    in_axes=(0, 0, None, None, None, None),
+    (0, 0, None, None, None, None),
+    num_seeds,
   )
   return run_lib.compiled(
-    ("lm_train_chunk", model_config, bound_eta),
+    ("lm_train_chunk", model_config, bound_eta, devices_lib.placement_key(num_seeds)),
     build,
     state,
     carry,
@@ -98,11 +101,17 @@ def compiled_chunk(
 def perplexity(model_config: lm.LMConfig, params: PyTree, split: Split) -> np.ndarray:
   """[S] perplexities of the seed-stacked `params` on `split`."""
   model = lm.PlasticLSTMLanguageModel(model_config)
-  build = lambda: jax.vmap(
-    functools.partial(learner_lib.evaluate, model), in_axes=(0, None, None, None)
+  num_seeds = jax.tree.leaves(params)[0].shape[0]
+  build = lambda: devices_lib.vmap_over_agents(
+    functools.partial(learner_lib.evaluate, model), (0, None, None, None), num_seeds
   )
   fn, _ = run_lib.compiled(
-    ("lm_evaluate", model_config), build, params, split.inputs, split.targets, split.active
+    ("lm_evaluate", model_config, devices_lib.placement_key(num_seeds)),
+    build,
+    params,
+    split.inputs,
+    split.targets,
+    split.active,
   )
   nll = np.asarray(fn(params, split.inputs, split.targets, split.active), np.float64)
   return np.exp(nll / split.num_tokens)
@@ -326,6 +335,8 @@ def train_and_evaluate(config: LMTrainConfig, workdir: str) -> dict[str, Any]:
       ),
       flush=True,
     )
+    num_seeds = config.num_seeds
+    print(devices_lib.describe(num_seeds, devices_lib.agent_mesh(num_seeds)) + ".", flush=True)
     if start_epoch:
       print(f"Resuming after epoch {start_epoch} (step {start_step}).", flush=True)
 
