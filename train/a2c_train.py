@@ -18,6 +18,7 @@ import numpy as np
 
 from train import a2c_learner as learner_lib
 from train import devices as devices_lib
+from train import distributed
 from train import metrics as metrics_lib
 from train import run as run_lib
 from train.a2c_config import RUN_CONTROL_FIELDS, A2CConfig, A2CHParams
@@ -190,7 +191,7 @@ def train_and_evaluate(
       abstract_state=lambda: abstract_state(spec, config.num_seeds),
       init=lambda: init_state(config, hparams),
     )
-    start = int(np.asarray(state.iteration)[0])
+    start = int(distributed.to_host(state.iteration)[0])
     # Several agents: a diverged one is frozen and the rest train on (unless --stop_on_nan).
     freeze = config.num_seeds > 1 and not config.stop_on_nan
     diverged = {int(a): int(i) for a, i in ((metadata or {}).get("diverged") or {}).items()}
@@ -229,7 +230,7 @@ def train_and_evaluate(
         progress.write(f"Compiled the {n}-iteration chunk in {compile_seconds:.1f} s.")
       watch = metrics_lib.Stopwatch()
       new_state, chunk_metrics = fn(*args)
-      chunk_metrics = jax.device_get(chunk_metrics)
+      chunk_metrics = distributed.to_host(chunk_metrics)
       seconds = watch.lap()
       finite = np.asarray(chunk_metrics["finite"])  # [S, N]
       hint = "Lower --learning_rate or --grad_clip_norm, or check the hyperparameters."
@@ -284,7 +285,7 @@ def train_and_evaluate(
           },
         )
     run.close_progress()
-    if all_rows or os.path.exists(run.metrics_path):
+    if run.writes and (all_rows or os.path.exists(run.metrics_path)):
       from train import plot  # pylint: disable=g-import-not-at-top
 
       plot.plot_workdirs([run.workdir], os.path.join(run.workdir, CURVES_PNG))

@@ -113,11 +113,21 @@ class Checkpointer:
 
   def __init__(self, directory: str, max_to_keep: int = 3, create: bool = True):
     self.directory = os.path.abspath(directory)
+    extra = {}
+    if jax.process_count() > 1:
+      # A multi-process run: the agents are gathered onto process 0, which alone
+      # reads and writes checkpoints (`train.run.Run`); no barriers with the others.
+      if create:
+        os.makedirs(self.directory, exist_ok=True)
+      extra["multiprocessing_options"] = ocp.options.MultiprocessingOptions(
+        primary_host=jax.process_index(), active_processes={jax.process_index()}
+      )
     options = ocp.CheckpointManagerOptions(
       max_to_keep=max_to_keep,
-      create=create,
+      create=create and not extra,
       cleanup_tmp_directories=create,
       enable_async_checkpointing=False,
+      **extra,
     )
     self._manager = ocp.CheckpointManager(
       self.directory,

@@ -50,6 +50,7 @@ def define_config_flags(
 
   fv = flag_values if flag_values is not None else flags.FLAGS
   flags.DEFINE_string("workdir", None, "Output directory (required).", flag_values=fv)
+  define_distributed_flags(fv)
   definers = {
     "bool": flags.DEFINE_bool,
     "int": flags.DEFINE_integer,
@@ -72,6 +73,47 @@ def define_config_flags(
       definers[kind](name, default, help_text, flag_values=fv)
     else:
       raise TypeError(f"No flag type for {config_cls.__name__}.{name}: {field.type}")
+
+
+def define_distributed_flags(flag_values) -> None:
+  """--coordinator_address, --num_processes, --process_id: one run over several processes."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+
+  flags.DEFINE_string(
+    "coordinator_address",
+    None,
+    "Multi-process run (jax.distributed): HOST:PORT of process 0, the same on every process; "
+    "'auto': read it, --num_processes and --process_id from the cluster's environment "
+    "(SLURM, Open MPI, ...). Unset: one process.",
+    flag_values=flag_values,
+  )
+  flags.DEFINE_integer(
+    "num_processes",
+    None,
+    "Multi-process run: the number of processes P (each runs its share of the agents).",
+    lower_bound=1,
+    flag_values=flag_values,
+  )
+  flags.DEFINE_integer(
+    "process_id",
+    None,
+    "Multi-process run: this process, 0..P-1 (process 0 writes the workdir).",
+    lower_bound=0,
+    flag_values=flag_values,
+  )
+
+
+def initialize_distributed(flag_values) -> None:
+  """Starts jax.distributed from the flags of `define_distributed_flags` (if defined and set)."""
+  if "coordinator_address" not in flag_values:
+    return
+  from train import distributed  # pylint: disable=g-import-not-at-top
+
+  distributed.initialize(
+    flag_values["coordinator_address"].value,
+    flag_values["num_processes"].value,
+    flag_values["process_id"].value,
+  )
 
 
 def require_workdir(flag_values) -> None:
@@ -277,6 +319,7 @@ def run_main(
   if "verbosity" in flag_values and not flag_values["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
   try:
+    initialize_distributed(flag_values)
     config = config_from_flags(flag_values)
   except (ValueError, FileNotFoundError) as e:
     raise app.UsageError(str(e)) from e

@@ -68,6 +68,7 @@ import numpy as np
 
 from bpm_jax import xla
 from train import checkpoint as checkpoint_lib
+from train import distributed
 from train import metrics as metrics_lib
 
 Array = jax.Array
@@ -77,6 +78,7 @@ CONFIG_JSON = "config.json"
 CHECKPOINT_DIR = checkpoint_lib.CHECKPOINT_DIR
 LOCK_FILE = "run.lock"  # The lock (filelock); stays as the mark of a run of ours.
 LOCK_RECORD = "run.lock.json"  # Its holder (host, PID, start) and what our runs wrote.
+PROCESSES_KEY = "processes"  # Checkpoint metadata: processes of a multi-process run (absent: 1).
 # What every run of ours may leave in its workdir (fnmatch patterns); a
 # trainer adds its own (`outputs`), and the names a run created are recorded.
 SCAFFOLD_OUTPUTS: tuple[str, ...] = (
@@ -353,7 +355,7 @@ def _check_workdir(
 
 # The workdirs this process holds: an inner claim of the same workdir (a
 # sweep's `train_and_evaluate`) joins the outer one.
-_CLAIMS: dict[str, _Claim] = {}
+_CLAIMS: dict[str, Optional[_Claim]] = {}  # None: held by process 0 of a multi-process run.
 
 
 @contextlib.contextmanager
@@ -395,13 +397,56 @@ def claim_workdir(
   if path in _CLAIMS:
     yield path
     return
-  claim = _open_claim(path, resume, overwrite, unit, target, outputs)
+  if distributed.process_count() > 1:
+    claim = _open_claim_of_process_0(path, resume, overwrite, unit, target, outputs)
+  else:
+    claim = _open_claim(path, resume, overwrite, unit, target, outputs)
   _CLAIMS[path] = claim
   try:
     yield path
   finally:
     del _CLAIMS[path]
-    _close_claim(claim)
+    if claim is not None:
+      _close_claim(claim)
+
+
+# What process 0 tells the others after opening a workdir (`distributed.announce`).
+_OPENED, _FAILED, _NOTHING_TO_DO = 0, 1, 2
+
+
+def _open_claim_of_process_0(
+  path: str,
+  resume: bool,
+  overwrite: bool,
+  unit: str,
+  target: Optional[int],
+  outputs: Sequence[str],
+) -> Optional[_Claim]:
+  """A multi-process run: process 0 claims the workdir, the others learn how it went.
+
+  Returns process 0's claim; None on the other processes, which never
+  write the workdir.
+
+  Raises (on every process): what `_open_claim` raised on process 0 (the
+  others: `NothingToDo`, or a `WorkdirError` pointing to process 0's error).
+  """
+  if distributed.is_primary():
+    try:
+      claim = _open_claim(path, resume, overwrite, unit, target, outputs)
+    except NothingToDo:
+      distributed.announce(_NOTHING_TO_DO)
+      raise
+    except BaseException:
+      distributed.announce(_FAILED)
+      raise
+    distributed.announce(_OPENED)
+    return claim
+  status = distributed.announce(_OPENED)
+  if status == _NOTHING_TO_DO:
+    raise NothingToDo(f"Process 0 found nothing to do in {path} (see its output).")
+  if status == _FAILED:
+    raise WorkdirError(f"Process 0 could not open the run in {path}: its output says why.")
+  return None
 
 
 def note_outputs(workdir: str) -> None:
@@ -641,14 +686,20 @@ class Run:
           outputs=self._outputs,
         )
       )
-      with os_errors_as("open the checkpoints in", self.workdir):
-        self.ckpt = checkpoint_lib.Checkpointer(
-          os.path.join(self.workdir, CHECKPOINT_DIR), self._keep
-        )
+      if self.writes:  # Other processes of a multi-process run leave the workdir alone.
+        with os_errors_as("open the checkpoints in", self.workdir):
+          self.ckpt = checkpoint_lib.Checkpointer(
+            os.path.join(self.workdir, CHECKPOINT_DIR), self._keep
+          )
     except BaseException:
       self._stack.close()
       raise
     return self
+
+  @property
+  def writes(self) -> bool:
+    """Whether this process writes the workdir: always, but for processes 1.. of a multi-process run."""
+    return distributed.is_primary()
 
   @property
   def config_path(self) -> str:
@@ -699,21 +750,64 @@ class Run:
   ) -> tuple[PyTree, Optional[dict]]:
     """The latest checkpoint on --resume (config checked first), else `init()`.
 
+    With several processes, process 0 reads the checkpoint and sends it to
+    the others; `init()` runs on every process (it is one program).
+
     Raises:
       ValueError: checkpoints exist without --resume, --resume without one,
-        or the config differs (naming the fields).
+        the config differs (naming the fields), or the checkpoint was
+        written by another number of processes.
       CheckpointMismatchError: the checkpoint does not fit this run's state.
       CheckpointError: the checkpoint is unreadable.
     """
-    state, metadata = self.ckpt.restore_or_init(
-      self.resume,
-      self.unit,
-      check_config=self.check_resume_config,
-      abstract_state=abstract_state,
-      init=init,
-    )
+    if distributed.process_count() == 1:
+      state, metadata = self.ckpt.restore_or_init(
+        self.resume,
+        self.unit,
+        check_config=self.check_resume_config,
+        abstract_state=abstract_state,
+        init=init,
+      )
+    else:
+      state, metadata = self._restore_or_init_processes(abstract_state, init)
+    if metadata is not None:
+      self._check_processes(metadata)
     self.resumed = metadata is not None
     return state, metadata
+
+  def _restore_or_init_processes(
+    self, abstract_state: Callable[[], PyTree], init: Callable[[], PyTree]
+  ) -> tuple[PyTree, Optional[dict]]:
+    """`restore_or_init` of a multi-process run: process 0 reads, every process gets it."""
+    state = metadata = None
+    if self.writes:
+      try:
+        if self.ckpt.step_to_resume(self.resume, self.unit) is not None:
+          self.check_resume_config()
+          state, metadata = self.ckpt.restore(abstract_state())
+      except BaseException:
+        distributed.announce(_FAILED)
+        raise
+      distributed.announce(_OPENED)
+    elif distributed.announce(_OPENED) == _FAILED:
+      raise WorkdirError(
+        f"Process 0 could not restore the run in {self.workdir}: its output says why."
+      )
+    metadata = distributed.broadcast_json(metadata)
+    if metadata is None:
+      return init(), None
+    if state is None:  # Shapes to receive process 0's state into.
+      state = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), abstract_state())
+    return distributed.broadcast(state), metadata
+
+  def _check_processes(self, metadata: Mapping[str, Any]) -> None:
+    saved = int(metadata.get(PROCESSES_KEY, 1))
+    if saved != distributed.process_count():
+      raise ValueError(
+        f"--resume: the checkpoint in {self.workdir} was written by a run of {saved} "
+        f"process{'es' if saved > 1 else ''}, this one has {distributed.process_count()}. "
+        f"Resume with --num_processes={saved}, or start a fresh --workdir."
+      )
 
   def write_config(self, payload: Mapping[str, Any]) -> None:
     """Writes config.json (sorted keys, indent 2) through a temporary file.
@@ -722,12 +816,16 @@ class Run:
     "config"), unless the trainer's metadata has its own.
     """
     self._payload = payload
+    if not self.writes:
+      return
     with os_errors_as("write", self.config_path):
       _write_json(self.config_path, payload)
 
   def write_json(self, name: str, payload: Any) -> str:
     """Writes `name` in the workdir (atomic; declare it in `outputs`); returns its path."""
     path = os.path.join(self.workdir, name)
+    if not self.writes:
+      return path
     with os_errors_as("write", path):
       _write_json(path, payload)
     return path
@@ -736,7 +834,10 @@ class Run:
     self, fieldnames: Sequence[str], keep: Callable[[dict], bool]
   ) -> metrics_lib.MetricsWriter:
     """metrics.csv + TensorBoard. Resumed: only the rows where `keep(row)` stay
-    (those up to the checkpoint); fresh: a leftover CSV is removed."""
+    (those up to the checkpoint); fresh: a leftover CSV is removed. None on
+    the processes that do not write (multi-process runs)."""
+    if not self.writes:
+      return None
     with os_errors_as("write", self.metrics_path):
       if self.resumed:
         metrics_lib.filter_csv(self.metrics_path, keep)
@@ -746,16 +847,20 @@ class Run:
     return self.writer
 
   def progress(self, total: int, initial: int, enabled: bool, desc: str) -> metrics_lib.Progress:
-    self._progress = metrics_lib.Progress(total, initial, enabled, desc=desc)
+    self._progress = metrics_lib.Progress(total, initial, enabled and self.writes, desc=desc)
     return self._progress
 
   # --- During the run.
 
   def write_rows(self, rows: Sequence[Mapping[str, Any]]) -> None:
+    if not self.writes:
+      return
     with os_errors_as("write", self.metrics_path):
       self.writer.write_rows(rows)
 
   def _kept(self) -> str:
+    if not self.writes:
+      return " Process 0 reports the checkpoints kept."
     latest = self.ckpt.latest_step()
     if latest is None:
       return " No checkpoint was saved yet."
@@ -768,11 +873,18 @@ class Run:
     """Saves checkpoint `step`; a file system error becomes a one-line `WorkdirError`.
 
     The steps already written stay whole (an unfinished save leaves only a
-    temporary directory, removed when the workdir is next opened).
+    temporary directory, removed when the workdir is next opened). With
+    several processes every one calls this: the agents are gathered from all
+    of them and process 0 writes them.
     """
     metadata = dict(metadata)
     if self._payload is not None:
       metadata.setdefault("config", dict(self._payload))
+    if distributed.process_count() > 1:
+      metadata[PROCESSES_KEY] = distributed.process_count()
+      state = distributed.to_host(state)
+      if not self.writes:
+        return
     try:
       self.ckpt.save(step, state, metadata=metadata)
     except Exception as e:  # pylint: disable=broad-except
@@ -811,12 +923,13 @@ class Run:
     bad = int(np.argmax(~finite.all(axis=0)))
     seeds = [int(s) for s in np.nonzero(~finite[:, bad])[0]]
     self.write_rows(good_rows(bad))
-    last = self.ckpt.latest_step()
-    where = (
-      f"the last good checkpoint is {self.unit} {last} in {self.ckpt.step_path(last)}"
-      if last is not None
-      else "no checkpoint was saved yet"
-    )
+    last = self.ckpt.latest_step() if self.writes else None
+    if not self.writes:
+      where = "process 0 names the last good checkpoint"
+    elif last is not None:
+      where = f"the last good checkpoint is {self.unit} {last} in {self.ckpt.step_path(last)}"
+    else:
+      where = "no checkpoint was saved yet"
     raise NonFiniteError(
       f"Non-finite {describe(bad, seeds)}; training stopped and {lost}; {where}. {hint}"
     )

@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from train import a2c, a2c_train
+from train import a2c, a2c_train, distributed
 from train import plot as plot_lib
 from train import run as run_lib
 from train.a2c_config import HPARAM_FIELDS, A2CConfig, A2CHParams
@@ -244,9 +244,12 @@ def _run_claimed(
       f"{(g + 1) * seeds_per_setting - 1}): {label(setting)}",
       flush=True,
     )
-  if not agents.resume or load_sweep(workdir) is None:
+  primary = distributed.is_primary()  # Processes 1.. of a multi-process run only train.
+  if primary and (not agents.resume or load_sweep(workdir) is None):
     save_sweep(workdir, grid, seeds_per_setting)
   a2c_train.train_and_evaluate(agents, workdir, hparams)
+  if not primary:
+    return []
   rows = summarize(workdir, grid, seeds_per_setting)
   fieldnames = list(dict.fromkeys(k for row in rows for k in row))
   with open(os.path.join(workdir, SWEEP_CSV), "w", newline="") as f:
