@@ -7,6 +7,7 @@ resume, a workdir process 0 cannot open, bad flags.
 """
 
 import csv
+import json
 import os
 import socket
 import subprocess
@@ -18,6 +19,7 @@ import pytest
 
 from tests.a2c_tiny import TINY
 from train import a2c_train, distributed, sweep
+from train import metrics as metrics_lib
 from train.a2c_config import a2c_defaults
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -37,8 +39,8 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _launch(workdir, num_processes, *extra, iterations=2):
-  """`python -m train.sweep` on `num_processes` local processes; [(returncode, output)]."""
+def _launch(workdir, num_processes, *extra, iterations=2, slurm=False):
+  """The tiny sweep (`python -m train.sweep`) on `num_processes` local processes."""
   args = [f"--{k}={v}" for k, v in _FLAGS.items()] + [
     f"--iterations={iterations}",
     f"--num_seeds={SEEDS}",
@@ -48,18 +50,57 @@ def _launch(workdir, num_processes, *extra, iterations=2):
     f"--workdir={workdir}",
     *extra,
   ]
+  return _launch_module("train.sweep", args, num_processes, slurm)
+
+
+def _slurm_port() -> int:
+  """A free port of the range jax's SLURM support derives from the job id (61440 + id % 4096)."""
+  for port in range(61440 + os.getpid() % 4000, 65536):
+    with socket.socket() as s:
+      try:
+        s.bind(("localhost", port))
+      except OSError:
+        continue
+      return port
+  raise RuntimeError("No free port in 61440..65535.")
+
+
+def _launch_module(module, args, num_processes, slurm=False):
+  """`python -m module args` on `num_processes` local processes; [(returncode, output)].
+
+  `slurm`: `--coordinator_address=auto` with the environment `srun` gives
+  its tasks (one node, localhost) instead of the three flags.
+  """
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
-  port = _free_port()
+  port = _slurm_port() if slurm else _free_port()
+
+  def process_args(p):
+    if slurm:
+      return ["--coordinator_address=auto"]
+    return [
+      f"--coordinator_address=localhost:{port}",
+      f"--num_processes={num_processes}",
+      f"--process_id={p}",
+    ]
+
+  def process_env(p):
+    if not slurm:
+      return env
+    return dict(
+      env,
+      SLURM_JOB_ID=str(port - 61440),
+      SLURM_STEP_NODELIST="localhost",
+      SLURM_NTASKS=str(num_processes),
+      SLURM_PROCID=str(p),
+      SLURM_LOCALID=str(p),
+      SLURM_STEP_NUM_NODES="1",
+    )
+
   procs = [
     subprocess.Popen(
-      [sys.executable, "-m", "train.sweep", *args]
-      + [
-        f"--coordinator_address=localhost:{port}",
-        f"--num_processes={num_processes}",
-        f"--process_id={p}",
-      ],
+      [sys.executable, "-m", module, *args] + process_args(p),
       cwd=REPO,
-      env=env,
+      env=process_env(p),
       stdout=subprocess.PIPE,
       stderr=subprocess.STDOUT,
       text=True,
@@ -131,10 +172,11 @@ def test_resume_with_another_process_count_is_a_clear_error(two_processes):
 
 
 def test_every_process_stops_when_process_0_cannot_open_the_workdir(tmp_path):
+  # Launched as srun would (--coordinator_address=auto, SLURM_* variables).
   workdir = tmp_path / "taken"
   workdir.mkdir()
   (workdir / "notes.txt").write_text("not a run of ours")
-  (code0, out0), (code1, out1) = _launch(str(workdir), 2)
+  (code0, out0), (code1, out1) = _launch(str(workdir), 2, slurm=True)
   assert code0 == 1 and "notes.txt" in out0
   assert code1 == 1 and "Process 0 could not open the run" in out1
   assert sorted(os.listdir(workdir)) == ["notes.txt"]
@@ -172,3 +214,62 @@ def test_one_process_needs_no_jax_distributed():
   assert all(isinstance(x, np.ndarray) for x in jax.tree.leaves(host))
   assert distributed.broadcast_json({"x": [1, None]}) == {"x": [1, None]}
   assert distributed.announce(2) == 2
+
+
+def test_episodic_and_lm_trainers_run_over_two_processes(tmp_path):
+  """3 seeds of each over 2 processes equal the same run in this process."""
+  from tests.test_episodic import TINY as EPISODIC_TINY  # pylint: disable=g-import-not-at-top
+  from tests.test_episodic import tiny as tiny_episodic  # pylint: disable=g-import-not-at-top
+  from train import episodic_train, lm_train  # pylint: disable=g-import-not-at-top
+  from train.lm_config import LMTrainConfig  # pylint: disable=g-import-not-at-top
+
+  episodic = {k: v for k, v in EPISODIC_TINY.items() if k not in ("progress", "fast_compile")}
+  episodic_args = [f"--{k}={v}" for k, v in episodic.items()] + [
+    "--task=PatternCompletion-v0",
+    "--num_seeds=3",
+    "--iterations=10",
+    "--noprogress",
+    "--fast_compile",
+  ]
+  corpus = tmp_path / "corpus"
+  corpus.mkdir()
+  rng = np.random.default_rng(0)
+  for split in ("train", "valid", "test"):
+    lines = [" ".join(f"w{i}" for i in rng.integers(0, 20, 5)) for _ in range(60)]
+    (corpus / f"{split}.txt").write_text("\n".join(lines) + "\n")
+  lm = dict(
+    network="plastic",
+    num_seeds=3,
+    epochs=1,
+    max_steps_per_epoch=2,
+    max_eval_minibatches=2,
+    hidden_size=8,
+    batch_size=4,
+    unroll=5,
+    eval_batch_size=2,
+    chunk_size=2,
+  )
+  lm_args = [f"--{k}={v}" for k, v in lm.items()] + [f"--data_dir={corpus}", "--noprogress"]
+  for module, args, name in (
+    ("train.episodic", episodic_args, "episodic"),
+    ("train.lm", lm_args, "lm"),
+  ):
+    results = _launch_module(module, args + [f"--workdir={tmp_path / name}"], 2)
+    for returncode, out in results:
+      assert returncode == 0, out[-3000:]
+      assert "3 agents on 3 devices (2 processes, 1 per device)" in out
+
+  _, one_rows = episodic_train.train_and_evaluate(
+    tiny_episodic(num_seeds=3, iterations=10), str(tmp_path / "episodic_one")
+  )
+  two_rows = metrics_lib.read_csv(str(tmp_path / "episodic" / "metrics.csv"))
+  np.testing.assert_allclose(
+    float(two_rows[-1]["eval_loss_median"]), one_rows[-1]["eval_loss_median"], rtol=1e-5
+  )
+  one = lm_train.train_and_evaluate(
+    LMTrainConfig(data_dir=str(corpus), progress=False, **lm), str(tmp_path / "lm_one")
+  )
+  with open(tmp_path / "lm" / "results.json") as f:
+    two = json.load(f)
+  np.testing.assert_allclose(two["test_ppl"], one["test_ppl"], rtol=1e-5)
+  np.testing.assert_allclose(two["valid_ppl"], one["valid_ppl"], rtol=1e-5)

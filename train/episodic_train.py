@@ -22,6 +22,7 @@ import jax
 import numpy as np
 
 from train import devices as devices_lib
+from train import distributed
 from train import episodic_learner as learner_lib
 from train import metrics as metrics_lib
 from train import run as run_lib
@@ -173,7 +174,7 @@ def train_and_evaluate(
     state, _ = run.restore_or_init(
       abstract_state=lambda: abstract_state(spec), init=lambda: init_state(spec)
     )
-    start = int(np.asarray(state.iteration)[0])
+    start = int(distributed.to_host(state.iteration)[0])
     run.write_config(config.to_dict())
     scores = spec.adapter.scores
     run.open_metrics(
@@ -212,7 +213,7 @@ def train_and_evaluate(
         progress.write(f"Compiled the {n}-iteration chunk in {compile_seconds:.1f} s.")
       watch = metrics_lib.Stopwatch()
       new_state, metrics = fn(train_params, state)
-      metrics = jax.device_get(metrics)
+      metrics = distributed.to_host(metrics)
       seconds = watch.lap()
       rows = grouper.add(iteration, metrics, config.num_seeds * config.batch_size * n / seconds)
       run.check_finite(
@@ -235,7 +236,7 @@ def train_and_evaluate(
           held_out_params,
           state.params,
         )
-        evaluation = jax.device_get(eval_fn(held_out_params, state.params))
+        evaluation = distributed.to_host(eval_fn(held_out_params, state.params))
         rows[-1].update(_score_columns(evaluation, "eval_", names=scores))
       run.write_rows(rows)
       all_rows += rows
@@ -245,7 +246,7 @@ def train_and_evaluate(
       if iteration % config.checkpoint_every == 0 or iteration == config.iterations:
         run.save(iteration, state, {"iteration": iteration, "config": config.to_dict()})
     run.close_progress()
-    if all_rows or os.path.exists(run.metrics_path):
+    if run.writes and (all_rows or os.path.exists(run.metrics_path)):
       from train import episodic_plots  # pylint: disable=g-import-not-at-top
 
       episodic_plots.plot_curves([run.workdir], os.path.join(run.workdir, CURVES_PNG))

@@ -35,6 +35,7 @@ import numpy as np
 
 from bpm_jax import lm, ptb
 from train import devices as devices_lib
+from train import distributed
 from train import lm_learner as learner_lib
 from train import metrics as metrics_lib
 from train import run as run_lib
@@ -113,7 +114,9 @@ def perplexity(model_config: lm.LMConfig, params: PyTree, split: Split) -> np.nd
     split.targets,
     split.active,
   )
-  nll = np.asarray(fn(params, split.inputs, split.targets, split.active), np.float64)
+  nll = np.asarray(
+    distributed.to_host(fn(params, split.inputs, split.targets, split.active)), np.float64
+  )
   return np.exp(nll / split.num_tokens)
 
 
@@ -240,7 +243,7 @@ def _train_epoch(
     fn, _ = compiled_chunk(model_config, config.bound_eta, state, carry, chunk, hparams)
     watch = metrics_lib.Stopwatch()
     state, carry, metrics = fn(state, carry, chunk.inputs, chunk.targets, chunk.active, hparams)
-    metrics = jax.tree.map(lambda m: np.asarray(m)[:, :n], jax.device_get(metrics))
+    metrics = jax.tree.map(lambda m: m[:, :n], distributed.to_host(metrics))
     seconds = watch.lap()  # Leaves of `metrics`: [S, n].
     run.check_finite(
       metrics["finite"],
@@ -256,7 +259,7 @@ def _train_epoch(
     done += n
     train_ppl = np.exp(np.mean(np.asarray(metrics["nll"], np.float64), axis=1))  # [S]
     row = {
-      "step": int(np.asarray(state.step)[0]),
+      "step": int(distributed.to_host(state.step)[0]),
       "epoch": epoch - 1 + done / data.steps_per_epoch,
       "learning_rate": learning_rate,
       "train_ppl": float(np.mean(train_ppl)),
@@ -307,7 +310,7 @@ def train_and_evaluate(config: LMTrainConfig, workdir: str) -> dict[str, Any]:
       init=lambda: init_states(model_config, config.seed, config.num_seeds),
     )
     start_epoch = int(metadata["epoch"]) if metadata is not None else 0
-    start_step = int(np.asarray(state.step)[0])
+    start_step = int(distributed.to_host(state.step)[0])
     run.write_config(
       {
         "train": config.to_dict(),
@@ -354,7 +357,11 @@ def train_and_evaluate(config: LMTrainConfig, workdir: str) -> dict[str, Any]:
       run.save(
         epoch,
         state,
-        {"epoch": epoch, "step": int(np.asarray(state.step)[0]), "valid_ppl": valid_ppl.tolist()},
+        {
+          "epoch": epoch,
+          "step": int(distributed.to_host(state.step)[0]),
+          "valid_ppl": valid_ppl.tolist(),
+        },
       )
       progress.write(
         f"epoch {epoch}/{config.epochs}: lr {rows[-1]['learning_rate']:.4g}"
@@ -364,11 +371,14 @@ def train_and_evaluate(config: LMTrainConfig, workdir: str) -> dict[str, Any]:
     run.close_progress()
 
     test_ppl = perplexity(model_config, state.params, data.test)
-    history = valid_history(run.metrics_path, config.num_seeds)
+    # metrics.csv is process 0's: it tells the others of a multi-process run.
+    history = distributed.broadcast_json(
+      valid_history(run.metrics_path, config.num_seeds) if run.writes else None
+    )
     final_valid = (
       history[-1] if history else perplexity(model_config, state.params, data.valid).tolist()
     )
-    step = int(np.asarray(state.step)[0])
+    step = int(distributed.to_host(state.step)[0])
     run.write_rows([dict(step=step, epoch=config.epochs, **_per_seed("test_ppl", test_ppl))])
     results = {
       "network": config.network,
@@ -384,8 +394,9 @@ def train_and_evaluate(config: LMTrainConfig, workdir: str) -> dict[str, Any]:
       "test_tokens_total": len(data.corpus.test),
       "valid_ppl_per_epoch": history,
     }
-    with open(os.path.join(run.workdir, RESULTS_JSON), "w") as f:
-      json.dump(results, f, indent=2)
+    if run.writes:
+      with open(os.path.join(run.workdir, RESULTS_JSON), "w") as f:
+        json.dump(results, f, indent=2)
     partial = (
       f" (first {config.max_eval_minibatches} minibatches: "
       f"{data.valid.num_tokens} / {data.test.num_tokens} tokens)"
