@@ -184,8 +184,9 @@ def test_hand_written_backward_equals_autodiff(mode, alpha_kind, every):
   batched = jax.vmap(jax.grad(lambda v, x: loss(fast, v, x)), in_axes=(None, 0))(
     variables, jnp.stack([inputs, inputs])
   )
+  # Float32 rounding of another batch layout (seen: 5e-7 apart at 0.016 on an AMD EPYC).
   for a, b in zip(jax.tree.leaves(batched), jax.tree.leaves(g_fast[0]), strict=True):
-    np.testing.assert_allclose(a[1], b, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(a[1], b, rtol=2e-5, atol=1e-6)
 
 
 def test_shared_alpha_starts_at_init_scale():

@@ -58,17 +58,20 @@ def weighted_sum(tree, seed):
 
 
 def assert_close(actual, desired, rtol):
-  """Leafwise |a - d| <= rtol * max(max |d|, 0.1).
+  """Leafwise |a - d| <= rtol * max(max |d|, 1).
 
   The floor is for sums that cancel to nearly 0 (e.g. the clip value's
   gradient, a sum of +-terms of order 0.1-1): their rounding error is set by
-  the terms, not by the small result.
+  the terms, not by the small result. Measured on an AMD EPYC (modplast, T=10):
+  the clip gradient is 1.585e-4 in float64, 1.468e-4 from the float32
+  reference and 1.510e-4 from the kernel: the reference's own float32 error
+  (1.2e-5) is over 0.1 * 2e-5.
   """
   assert jax.tree.structure(actual) == jax.tree.structure(desired)
   for a, d in zip(jax.tree.leaves(actual), jax.tree.leaves(desired)):
     a, d = np.asarray(a), np.asarray(d)
     assert a.shape == d.shape and a.dtype == d.dtype
-    scale = max(np.max(np.abs(d)), 0.1)
+    scale = max(np.max(np.abs(d)), 1.0)
     np.testing.assert_allclose(a, d, atol=rtol * scale, rtol=0)
 
 
