@@ -397,10 +397,11 @@ def claim_workdir(
   if path in _CLAIMS:
     yield path
     return
+  open_claim = lambda: _open_claim(path, resume, overwrite, unit, target, outputs)
   if distributed.process_count() > 1:
-    claim = _open_claim_of_process_0(path, resume, overwrite, unit, target, outputs)
+    claim = _open_claim_of_process_0(path, open_claim)
   else:
-    claim = _open_claim(path, resume, overwrite, unit, target, outputs)
+    claim = open_claim()
   _CLAIMS[path] = claim
   try:
     yield path
@@ -414,25 +415,18 @@ def claim_workdir(
 _OPENED, _FAILED, _NOTHING_TO_DO = 0, 1, 2
 
 
-def _open_claim_of_process_0(
-  path: str,
-  resume: bool,
-  overwrite: bool,
-  unit: str,
-  target: Optional[int],
-  outputs: Sequence[str],
-) -> Optional[_Claim]:
+def _open_claim_of_process_0(path: str, open_claim: Callable[[], _Claim]) -> Optional[_Claim]:
   """A multi-process run: process 0 claims the workdir, the others learn how it went.
 
-  Returns process 0's claim; None on the other processes, which never
-  write the workdir.
+  Returns process 0's claim (`open_claim()`); None on the other processes,
+  which never write the workdir.
 
-  Raises (on every process): what `_open_claim` raised on process 0 (the
+  Raises (on every process): what `open_claim` raised on process 0 (the
   others: `NothingToDo`, or a `WorkdirError` pointing to process 0's error).
   """
   if distributed.is_primary():
     try:
-      claim = _open_claim(path, resume, overwrite, unit, target, outputs)
+      claim = open_claim()
     except NothingToDo:
       distributed.announce(_NOTHING_TO_DO)
       raise
