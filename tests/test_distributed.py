@@ -273,3 +273,19 @@ def test_episodic_and_lm_trainers_run_over_two_processes(tmp_path):
     two = json.load(f)
   np.testing.assert_allclose(two["test_ppl"], one["test_ppl"], rtol=1e-5)
   np.testing.assert_allclose(two["valid_ppl"], one["valid_ppl"], rtol=1e-5)
+
+
+def test_auto_outside_a_cluster_is_one_error_line(tmp_path):
+  env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "OMPI_", "PMI_"))}
+  workdir = tmp_path / "run"
+  proc = subprocess.run(
+    [sys.executable, "-m", "train.a2c", f"--workdir={workdir}", "--coordinator_address=auto"],
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  assert proc.returncode == 1
+  assert proc.stderr.startswith("ERROR: --coordinator_address=auto: jax.distributed could not")
+  assert "Traceback" not in proc.stderr and not workdir.exists()

@@ -40,6 +40,7 @@ AUTO = "auto"  # --coordinator_address=auto: the cluster's environment (SLURM, O
 
 FLAGS = ("coordinator_address", "num_processes", "process_id")
 _joined: Optional[tuple[Any, ...]] = None  # The arguments jax.distributed was started with.
+_refused: Optional[tuple[tuple[Any, ...], str]] = None  # Arguments refused, and why.
 
 
 def initialize(
@@ -84,13 +85,23 @@ def initialize(
       )
   global _joined
   arguments = (coordinator_address, num_processes, process_id)
+  if _refused is not None and _refused[0] == arguments:
+    raise ValueError(_refused[1])  # Found by `initialize_from_argv`, before JAX started.
   if _joined is not None:
     if _joined != arguments:
       raise ValueError(f"jax.distributed already started with {_joined}, not {arguments}.")
     return True
   jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU devices' collectives.
   if coordinator_address == AUTO:
-    jax.distributed.initialize()
+    try:
+      jax.distributed.initialize()
+    except (ValueError, RuntimeError) as e:
+      raise ValueError(
+        f"--coordinator_address=auto: jax.distributed could not read the cluster's environment "
+        f"({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}). Start the "
+        "processes through the cluster's launcher (e.g. srun), or give "
+        "--coordinator_address=HOST:PORT --num_processes=P --process_id=I."
+      ) from e
   else:
     jax.distributed.initialize(coordinator_address, num_processes, process_id)
   _joined = arguments
@@ -118,18 +129,24 @@ def initialize_from_argv(argv: Optional[Sequence[str]] = None) -> bool:
   that do not parse, or do not go together, are left to the entry point's
   flags, which report them as usage errors.
   """
+  global _refused
   values = flags_in_argv(sys.argv[1:] if argv is None else argv)
   if not values:
     return False
   try:
     num_processes = values.get("num_processes")
     process_id = values.get("process_id")
-    return initialize(
+    arguments = (
       values.get("coordinator_address"),
       None if num_processes is None else int(num_processes),
       None if process_id is None else int(process_id),
     )
   except ValueError:
+    return False
+  try:
+    return initialize(*arguments)
+  except ValueError as e:
+    _refused = (arguments, str(e))
     return False
 
 
