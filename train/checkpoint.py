@@ -114,9 +114,11 @@ class Checkpointer:
   def __init__(self, directory: str, max_to_keep: int = 3, create: bool = True):
     self.directory = os.path.abspath(directory)
     extra = {}
-    if jax.process_count() > 1:
+    multi_process = jax.process_count() > 1
+    if multi_process:
       # A multi-process run: the agents are gathered onto process 0, which alone
-      # reads and writes checkpoints (`train.run.Run`); no barriers with the others.
+      # reads and writes checkpoints (`train.run.Run`); no barriers with the others
+      # (orbax refuses `create` with `active_processes`: the directory is made here).
       if create:
         os.makedirs(self.directory, exist_ok=True)
       extra["multiprocessing_options"] = ocp.options.MultiprocessingOptions(
@@ -124,7 +126,7 @@ class Checkpointer:
       )
     options = ocp.CheckpointManagerOptions(
       max_to_keep=max_to_keep,
-      create=create and not extra,
+      create=create and not multi_process,
       cleanup_tmp_directories=create,
       enable_async_checkpointing=False,
       **extra,

@@ -398,8 +398,8 @@ def claim_workdir(
     yield path
     return
   open_claim = lambda: _open_claim(path, resume, overwrite, unit, target, outputs)
-  if distributed.process_count() > 1:
-    claim = _open_claim_of_process_0(path, open_claim)
+  if distributed.process_count() > 1:  # Process 0 claims; None on the others.
+    claim = _on_process_0(open_claim, path, "open the run in")
   else:
     claim = open_claim()
   _CLAIMS[path] = claim
@@ -411,35 +411,35 @@ def claim_workdir(
       _close_claim(claim)
 
 
-# What process 0 tells the others after opening a workdir (`distributed.announce`).
-_OPENED, _FAILED, _NOTHING_TO_DO = 0, 1, 2
+# What process 0 tells the others after its part (`distributed.announce`).
+_DONE, _FAILED, _NOTHING_TO_DO = 0, 1, 2
 
 
-def _open_claim_of_process_0(path: str, open_claim: Callable[[], _Claim]) -> Optional[_Claim]:
-  """A multi-process run: process 0 claims the workdir, the others learn how it went.
+def _on_process_0(fn: Callable[[], Any], path: str, doing: str) -> Any:
+  """A multi-process run: `fn()` on process 0 alone, the others learn how it went.
 
-  Returns process 0's claim (`open_claim()`); None on the other processes,
-  which never write the workdir.
+  Returns `fn()` on process 0; None on the other processes, which never
+  touch the workdir.
 
-  Raises (on every process): what `open_claim` raised on process 0 (the
-  others: `NothingToDo`, or a `WorkdirError` pointing to process 0's error).
+  Raises (on every process): what `fn` raised on process 0 (the others:
+  `NothingToDo`, or a `WorkdirError` "Process 0 could not {doing} {path}").
   """
   if distributed.is_primary():
     try:
-      claim = open_claim()
+      result = fn()
     except NothingToDo:
       distributed.announce(_NOTHING_TO_DO)
       raise
     except BaseException:
       distributed.announce(_FAILED)
       raise
-    distributed.announce(_OPENED)
-    return claim
-  status = distributed.announce(_OPENED)
+    distributed.announce(_DONE)
+    return result
+  status = distributed.announce(_DONE)
   if status == _NOTHING_TO_DO:
     raise NothingToDo(f"Process 0 found nothing to do in {path} (see its output).")
   if status == _FAILED:
-    raise WorkdirError(f"Process 0 could not open the run in {path}: its output says why.")
+    raise WorkdirError(f"Process 0 could not {doing} {path}: its output says why.")
   return None
 
 
@@ -773,20 +773,14 @@ class Run:
     self, abstract_state: Callable[[], PyTree], init: Callable[[], PyTree]
   ) -> tuple[PyTree, Optional[dict]]:
     """`restore_or_init` of a multi-process run: process 0 reads, every process gets it."""
-    state = metadata = None
-    if self.writes:
-      try:
-        if self.ckpt.step_to_resume(self.resume, self.unit) is not None:
-          self.check_resume_config()
-          state, metadata = self.ckpt.restore(abstract_state())
-      except BaseException:
-        distributed.announce(_FAILED)
-        raise
-      distributed.announce(_OPENED)
-    elif distributed.announce(_OPENED) == _FAILED:
-      raise WorkdirError(
-        f"Process 0 could not restore the run in {self.workdir}: its output says why."
-      )
+
+    def read() -> tuple[Optional[PyTree], Optional[dict]]:
+      if self.ckpt.step_to_resume(self.resume, self.unit) is None:
+        return None, None
+      self.check_resume_config()
+      return self.ckpt.restore(abstract_state())
+
+    state, metadata = _on_process_0(read, self.workdir, "restore the run in") or (None, None)
     metadata = distributed.broadcast_json(metadata)
     if metadata is None:
       return init(), None
@@ -917,13 +911,15 @@ class Run:
     bad = int(np.argmax(~finite.all(axis=0)))
     seeds = [int(s) for s in np.nonzero(~finite[:, bad])[0]]
     self.write_rows(good_rows(bad))
-    last = self.ckpt.latest_step() if self.writes else None
     if not self.writes:
       where = "process 0 names the last good checkpoint"
-    elif last is not None:
-      where = f"the last good checkpoint is {self.unit} {last} in {self.ckpt.step_path(last)}"
     else:
-      where = "no checkpoint was saved yet"
+      last = self.ckpt.latest_step()
+      where = (
+        f"the last good checkpoint is {self.unit} {last} in {self.ckpt.step_path(last)}"
+        if last is not None
+        else "no checkpoint was saved yet"
+      )
     raise NonFiniteError(
       f"Non-finite {describe(bad, seeds)}; training stopped and {lost}; {where}. {hint}"
     )
