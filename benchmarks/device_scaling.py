@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -41,12 +40,6 @@ flags.DEFINE_integer("iterations", 3, "Timed iterations (one jitted chunk).", lo
 flags.DEFINE_bool("host_devices", True, "Make D CPU host devices (false: use D real devices).")
 flags.DEFINE_list("processes", ["1"], "Process counts P (local processes, D devices each).")
 flags.DEFINE_string("_child", "", "Internal: measure one D in this process.")
-
-
-def jax_process_index() -> int:
-  import jax  # pylint: disable=g-import-not-at-top
-
-  return jax.process_index()
 
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -106,24 +99,18 @@ def _run_children(count: int, processes: int) -> tuple[int, str, str]:
   if processes == 1:
     proc = subprocess.run(command, cwd=_REPO, env=env, capture_output=True, text=True)
     return proc.returncode, proc.stdout, proc.stderr
-  with socket.socket() as sock:
-    sock.bind(("localhost", 0))
-    port = sock.getsockname()[1]
+  from train import distributed  # pylint: disable=g-import-not-at-top
+
   procs = [
     subprocess.Popen(
-      command
-      + [
-        f"--coordinator_address=localhost:{port}",
-        f"--num_processes={processes}",
-        f"--process_id={p}",
-      ],
+      command + flags,
       cwd=_REPO,
       env=env,
       stdout=subprocess.PIPE,
       stderr=subprocess.PIPE,
       text=True,
     )
-    for p in range(processes)
+    for flags in distributed.local_process_flags(processes)
   ]
   outputs = [proc.communicate() for proc in procs]
   failed = [i for i, proc in enumerate(procs) if proc.returncode]
@@ -138,7 +125,9 @@ def main(argv):
     result = measure(
       num_devices, FLAGS.agents, FLAGS.env, FLAGS.network, FLAGS.hidden_size, FLAGS.iterations
     )
-    if jax_process_index() == 0:
+    from train import distributed  # pylint: disable=g-import-not-at-top
+
+    if distributed.is_primary():
       print("RESULT " + json.dumps(result), flush=True)
     return
   print(

@@ -33,12 +33,6 @@ _FLAGS = {
 }
 
 
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("localhost", 0))
-    return s.getsockname()[1]
-
-
 def _launch(workdir, num_processes, *extra, iterations=2, slurm=False):
   """The tiny sweep (`python -m train.sweep`) on `num_processes` local processes."""
   args = [f"--{k}={v}" for k, v in _FLAGS.items()] + [
@@ -72,16 +66,11 @@ def _launch_module(module, args, num_processes, slurm=False):
   its tasks (one node, localhost) instead of the three flags.
   """
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
-  port = _slurm_port() if slurm else _free_port()
+  port = _slurm_port() if slurm else None
+  flags = distributed.local_process_flags(num_processes)
 
   def process_args(p):
-    if slurm:
-      return ["--coordinator_address=auto"]
-    return [
-      f"--coordinator_address=localhost:{port}",
-      f"--num_processes={num_processes}",
-      f"--process_id={p}",
-    ]
+    return ["--coordinator_address=auto"] if slurm else flags[p]
 
   def process_env(p):
     if not slurm:

@@ -27,6 +27,7 @@ With one process every function here is the single-process operation
 from __future__ import annotations
 
 import json
+import socket
 import sys
 from typing import Any, Optional, Sequence
 
@@ -148,6 +149,24 @@ def initialize_from_argv(argv: Optional[Sequence[str]] = None) -> bool:
   except ValueError as e:
     _refused = (arguments, str(e))
     return False
+
+
+def local_process_flags(num_processes: int) -> list[list[str]]:
+  """The command-line flags of each of `num_processes` processes of one run on this machine.
+
+  Process 0's coordinator listens on a free localhost port (tests, benchmarks).
+  """
+  with socket.socket() as sock:
+    sock.bind(("localhost", 0))
+    port = sock.getsockname()[1]
+  return [
+    [
+      f"--coordinator_address=localhost:{port}",
+      f"--num_processes={num_processes}",
+      f"--process_id={p}",
+    ]
+    for p in range(num_processes)
+  ]
 
 
 def process_count() -> int:
