@@ -28,6 +28,7 @@ import numpy as np
 from absl import app, flags, logging
 
 from bpm_jax import lm, ptb
+from bpm_jax.cells import LSTM_STEP_IMPLS, lstm_fused_applies
 from bpm_jax.config import NETWORKS
 from train import lm_config, lm_learner, lm_train
 
@@ -36,6 +37,12 @@ PTB_VOCAB = 10_000
 PTB_TRAIN_MD5 = "f26c4b92c5fdc7b3f8c7cdcb991d8420"
 
 _NETWORKS = flags.DEFINE_list("networks", list(NETWORKS), "Variants to time.")
+_STEP_IMPLS = flags.DEFINE_list(
+  "step_impls",
+  ["auto"],
+  "Plastic LSTM steps to time per plastic variant: auto | reference | fused "
+  "(the LSTM always runs the reference).",
+)
 _TARGET = flags.DEFINE_integer(
   "target_params", lm.PAPER_TARGET_PARAMS, "Parameter count every variant is matched to."
 )
@@ -80,12 +87,23 @@ def check_ptb(data_dir: str) -> ptb.Corpus:
   return corpus
 
 
+def _step_name(config: lm.LMConfig) -> str:
+  """The step a config runs (`auto` resolved), as the cell resolves it."""
+  if config.network == "rnn" or config.step_impl != "auto":
+    return config.step_impl
+  fused = lstm_fused_applies(config.plasticity_config(), config.plastic_gates)
+  return "fused" if fused else "reference"
+
+
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
   unknown = sorted(set(_NETWORKS.value) - set(NETWORKS))
   if unknown:
     raise app.UsageError(f"--networks: unknown {unknown}; choose from {NETWORKS}.")
+  unknown = sorted(set(_STEP_IMPLS.value) - set(LSTM_STEP_IMPLS))
+  if unknown:
+    raise app.UsageError(f"--step_impls: unknown {unknown}; choose from {LSTM_STEP_IMPLS}.")
   batch, unroll, steps = _BATCH.value, _UNROLL.value, _STEPS.value
   if _DATA_DIR.value:
     corpus = check_ptb(_DATA_DIR.value)
@@ -103,6 +121,11 @@ def main(argv):
   configs = [lm.LMConfig(vocab_size=vocab_size, hidden_size=h, network=n) for n, h in sizes.items()]
   print(f"\nParameter counts (target {_TARGET.value:,}, V = {vocab_size}, E = H, 2 layers):")
   print(lm.param_report(configs, _TARGET.value))
+  configs = [
+    config.replace(step_impl=impl)
+    for config in configs
+    for impl in (["reference"] if config.network == "rnn" else _STEP_IMPLS.value)
+  ]
 
   hparams = lm_config.LMTrainConfig().hparams(1)
   print(
@@ -112,7 +135,8 @@ def main(argv):
     f"{platform.processor() or platform.machine()}), jax {jax.__version__}"
   )
   print(
-    f"{'network':<10}{'hidden':>7}{'params':>11}{'compile s':>11}{'ms/step':>10}{'tokens/s':>10}"
+    f"{'network':<10}{'step':>10}{'hidden':>7}{'params':>11}{'compile s':>11}{'ms/step':>10}"
+    f"{'tokens/s':>10}"
   )
   for config in configs:
     state = lm_train.init_states(config, seed=0, num_seeds=1)
@@ -129,7 +153,8 @@ def main(argv):
     if not np.all(metrics["finite"]):
       raise SystemExit(f"{config.network}: non-finite loss in the benchmark.")
     print(
-      f"{config.network:<10}{config.hidden_size:>7}{lm.count_params(config):>11,}"
+      f"{config.network:<10}{_step_name(config):>10}{config.hidden_size:>7}"
+      f"{lm.count_params(config):>11,}"
       f"{compile_s:>11.1f}{1000 * best / steps:>10.1f}"
       f"{batch * unroll * steps / best:>10,.0f}",
       flush=True,

@@ -369,6 +369,46 @@ class PlasticRNNCell(nn.RNNCellBase):
     return 1
 
 
+LSTM_STEP_IMPLS = ("auto", "reference", "fused")
+
+
+def lstm_fused_applies(config: PlasticityConfig, plastic_gates: bool = False) -> bool:
+  """Whether `step_impl="auto"` runs the fused LSTM kernels: they cover the
+  variant and build on this (CPU) backend."""
+  from bpm_jax import fused_lstm, fused_step  # pylint: disable=g-import-not-at-top
+
+  return fused_lstm.unsupported_reason(config, plastic_gates) is None and fused_step.available()
+
+
+def _fused_lstm_batched(
+  params: plasticity.PlasticParams,
+  gate_kernel: Array,
+  state: plasticity.LSTMState,
+  x_drive: Array,
+  config: PlasticityConfig,
+  clip_value: Any,
+  sequence: bool,
+):
+  """The fused LSTM kernels over any leading batch dims (none: a batch of 1).
+
+  x_drive: [..., 4H], or [T, ..., 4H] with `sequence` (one step: T = 1).
+  """
+  from bpm_jax import fused_lstm  # pylint: disable=g-import-not-at-top
+
+  batch_shape = state.h.shape[:-1]
+  size = math.prod(batch_shape)
+  flat = lambda t, lead=0: t.reshape(t.shape[:lead] + (size,) + t.shape[lead + len(batch_shape) :])
+  unflat = lambda t, lead=0: t.reshape(t.shape[:lead] + batch_shape + t.shape[lead + 1 :])
+  x_seq = flat(x_drive, 1) if sequence else flat(x_drive)[None]
+  state, (h, m) = fused_lstm.lstm_sequence_fused(
+    params, gate_kernel, jax.tree.map(flat, state), x_seq, config, clip_value
+  )
+  state = jax.tree.map(unflat, state)
+  if sequence:
+    return state, (unflat(h, 1), unflat(m, 1))
+  return state, (unflat(h[0]), unflat(m[0]))
+
+
 class PlasticLSTMCell(nn.RNNCellBase):
   """Plastic LSTM (SPEC.md §4): plasticity on the h_tm1 -> cell-candidate path.
 
@@ -388,6 +428,12 @@ class PlasticLSTMCell(nn.RNNCellBase):
       init of `init_scale`).
     bias_init: initializer of the input bias [4H] (zeros).
     param_dtype: dtype of every parameter and of the carry.
+    step_impl: `reference` (autodiff of `plasticity.lstm_step`), `fused`
+      (`bpm_jax.fused_lstm.lstm_sequence_fused`: C++ CPU kernels over the
+      batch and all T steps of a `sequence=True` call, the cell path's
+      configurations; equal to float32 rounding) or `auto` (`fused` where it
+      applies and builds, i.e. on the CPU, else `reference`). A non-plastic
+      LSTM (`rnn`) always runs the reference.
     hidden_size: deprecated alias of `features` (None after construction).
   """
 
@@ -404,20 +450,43 @@ class PlasticLSTMCell(nn.RNNCellBase):
   kernel_init: Optional[Initializer] = None
   bias_init: Initializer = nn.initializers.zeros
   param_dtype: Any = jnp.float32
+  step_impl: str = "reference"
   hidden_size: Optional[int] = None
 
   def __post_init__(self):
     _resolve_features(self)
     check_modulators(type(self).__name__, self.config, self.post_size)
+    check_choice(type(self).__name__, "step_impl", self.step_impl, LSTM_STEP_IMPLS)
+    if self.step_impl == "fused" and self.config.is_plastic:
+      from bpm_jax import fused_lstm  # pylint: disable=g-import-not-at-top
+
+      fused_lstm.check_supported(self.config, self.plastic_gates)
     super().__post_init__()
+
+  @property
+  def resolved_step_impl(self) -> str:
+    """`step_impl` with `auto` made concrete (`fused` or `reference`)."""
+    if not self.config.is_plastic:  # A plain LSTM: XLA's own code.
+      return "reference"
+    if self.step_impl != "auto":
+      return self.step_impl
+    return "fused" if lstm_fused_applies(self.config, self.plastic_gates) else "reference"
 
   @property
   def post_size(self) -> int:
     return self.features * (4 if self.plastic_gates else 1)
 
   @nn.compact
-  def __call__(self, carry: plasticity.LSTMState, x: Array):
-    """carry: LSTMState with leading batch dims; x: [..., I]."""
+  def __call__(self, carry: plasticity.LSTMState, x: Array, sequence: bool = False):
+    """One step, or a whole sequence.
+
+    Args:
+      carry: LSTMState with leading batch dims.
+      x: [..., I] inputs of one step, or [T, ..., I] with `sequence=True`.
+      sequence: run T steps (time-major `x`); h and m get a leading T axis.
+        With the fused kernels the T steps are one kernel call per direction,
+        else a `lax.scan`.
+    """
     hsize = self.features
     uniform = uniform_range(-self.init_scale, self.init_scale)
     x_drive = nn.Dense(
@@ -442,10 +511,21 @@ class PlasticLSTMCell(nn.RNNCellBase):
       self.param_dtype,
     )
 
-    def step(p, state, xd):
-      return plasticity.lstm_step(p, gate_kernel, state, xd, self.config, self.clip_value)
+    if self.resolved_step_impl == "fused":
+      carry, (h, m) = _fused_lstm_batched(
+        params, gate_kernel, carry, x_drive, self.config, self.clip_value, sequence
+      )
+    else:
 
-    carry, (h, m) = batched(step, x.shape[:-1])(params, carry, x_drive)
+      def step(state, xd):
+        return batched(
+          lambda p, s, xs: plasticity.lstm_step(
+            p, gate_kernel, s, xs, self.config, self.clip_value
+          ),
+          xd.shape[:-1],
+        )(params, state, xd)
+
+      carry, (h, m) = jax.lax.scan(step, carry, x_drive) if sequence else step(carry, x_drive)
     self.sow("intermediates", "modulation", m)
     return carry, ((h, m) if self.return_modulation else h)
 

@@ -74,7 +74,11 @@ from bpm_jax.config import PlasticityConfig
 
 Array = jax.Array
 
-_SOURCE = pathlib.Path(__file__).with_name("kernels") / "plastic_step.cc"
+_KERNELS = pathlib.Path(__file__).with_name("kernels")
+# One library: the plastic RNN's kernels, the plastic LSTM's (bpm_jax.fused_lstm)
+# and the helpers they share.
+_SOURCES = (_KERNELS / "plastic_step.cc", _KERNELS / "plastic_lstm.cc")
+_HEADERS = (_KERNELS / "common.h",)
 # -fno-trapping-math lets GCC turn the clip's comparisons into selects, so the
 # backward's trace loops vectorise (with traps assumed, it kept them scalar
 # with a branch per comparison once inlined into the sequence kernel: ~2x
@@ -93,6 +97,8 @@ _NETWORK_CODE = {"plastic": 1, "modplast": 2, "retromod": 3}
 _TARGETS = {  # FFI target name -> symbol in the library
   "bpm_plastic_seq_fwd": "BpmPlasticSeqFwd",
   "bpm_plastic_seq_bwd": "BpmPlasticSeqBwd",
+  "bpm_plastic_lstm_fwd": "BpmPlasticLstmFwd",
+  "bpm_plastic_lstm_bwd": "BpmPlasticLstmBwd",
 }
 
 
@@ -250,7 +256,8 @@ def library_path() -> pathlib.Path:
     )
   include = jax.ffi.include_dir()
   key = hashlib.sha256()
-  key.update(_SOURCE.read_bytes())
+  for source in _SOURCES + _HEADERS:
+    key.update(source.read_bytes())
   key.update(" ".join((compiler,) + _FLAGS).encode())
   key.update(importlib.metadata.version("jaxlib").encode())
   key.update(include.encode())
@@ -262,7 +269,7 @@ def library_path() -> pathlib.Path:
   # Build beside the target and rename: concurrent builds never see a half file.
   with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
     tmp_path = pathlib.Path(tmp) / path.name
-    command = [compiler, *_FLAGS, f"-I{include}", str(_SOURCE), "-o", str(tmp_path)]
+    command = [compiler, *_FLAGS, f"-I{include}", *map(str, _SOURCES), "-o", str(tmp_path)]
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     if result.returncode != 0:
       raise RuntimeError(

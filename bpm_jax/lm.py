@@ -44,7 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bpm_jax import plasticity
-from bpm_jax.cells import PlasticLSTMCell, uniform_range
+from bpm_jax.cells import LSTM_STEP_IMPLS, PlasticLSTMCell, uniform_range
 from bpm_jax.config import (
   NETWORKS,
   AlphaKind,
@@ -109,6 +109,14 @@ class LMConfig:
     "full", "Shape of alpha: full | per_neuron | single (small model: full)."
   )
   eta_init: float = _field(0.01, "Initial eta (plastic: per connection; retromod: of E).")
+  step_impl: str = _field(
+    "auto",
+    "Plastic LSTM step: fused (C++ CPU kernels over all T steps, the cell path's "
+    "variants; equal to float32 rounding) | reference (autodiff of "
+    "plasticity.lstm_step) | auto (fused where it applies and builds, i.e. on "
+    "the CPU, else reference). The plain LSTM (rnn) always runs the reference. "
+    "Run control: a resumed run may use another.",
+  )
 
   def __post_init__(self):
     owner = type(self).__name__
@@ -122,7 +130,12 @@ class LMConfig:
       raise ValueError(f"{owner}.dropout_rate={self.dropout_rate!r} must be in [0, 1).")
     if not self.init_scale > 0.0:
       raise ValueError(f"{owner}.init_scale={self.init_scale!r} must be > 0.")
-    self.plasticity_config()  # Validates alpha_kind.
+    check_choice(owner, "step_impl", self.step_impl, LSTM_STEP_IMPLS)
+    config = self.plasticity_config()  # Validates alpha_kind.
+    if self.step_impl == "fused" and config.is_plastic:
+      from bpm_jax import fused_lstm  # pylint: disable=g-import-not-at-top
+
+      fused_lstm.check_supported(config, self.plastic_gates)
 
   @property
   def embedding_size(self) -> int:
@@ -194,32 +207,24 @@ class PlasticLSTMLanguageModel(nn.Module):
     dropout = nn.Dropout(cfg.dropout_rate, deterministic=deterministic)
     x = nn.Embed(cfg.vocab_size, cfg.embedding_size, embedding_init=uniform, name="embed")(tokens)
     x = dropout(x)
-    scan_cell = nn.scan(
-      PlasticLSTMCell,
-      variable_broadcast="params",
-      split_rngs={"params": False},
-      in_axes=1,
-      out_axes=1,
-    )
     new_carry = []
     for layer in range(cfg.num_layers):
-      # One step (sampling, abstract init) calls the cell directly: same
-      # parameter tree, much faster to trace than the scan.
-      cell_type = PlasticLSTMCell if tokens.shape[1] == 1 else scan_cell
-      cell = cell_type(
+      cell = PlasticLSTMCell(
         features=cfg.hidden_size,
         config=cfg.plasticity_config(),
         clip_value=cfg.clip_value,
         plastic_gates=cfg.plastic_gates,
         init_scale=cfg.init_scale,
         eta_init=cfg.eta_init,
+        step_impl=cfg.step_impl,
         name=f"lstm_{layer}",
       )
-      if tokens.shape[1] == 1:
+      if tokens.shape[1] == 1:  # One step (sampling, abstract init): no time axis.
         layer_carry, out = cell(carry[layer], x[:, 0])
         x = out[:, None]
-      else:
-        layer_carry, x = cell(carry[layer], x)
+      else:  # Time-major for the cell's sequence mode.
+        layer_carry, out = cell(carry[layer], jnp.swapaxes(x, 0, 1), sequence=True)
+        x = jnp.swapaxes(out, 0, 1)
       new_carry.append(layer_carry)
       x = dropout(x)
     logits = nn.Dense(cfg.vocab_size, kernel_init=uniform, bias_init=uniform, name="softmax")(x)

@@ -30,6 +30,7 @@ import jax.numpy as jnp
 
 from bpm_jax import config as plasticity_config
 from bpm_jax import lm
+from bpm_jax.cells import LSTM_STEP_IMPLS
 from train.config_base import ConfigMixin, derived_fields, field, run_fields
 from train.validate import check_fields, check_int
 
@@ -37,13 +38,15 @@ _MODEL_DEFAULTS: dict[str, Any] = {f.name: f.default for f in dataclasses.fields
 DEFAULT_HIDDEN_SIZE: int = _MODEL_DEFAULTS["hidden_size"]  # With target_params=0.
 
 # The allowed values of each choice field.
-CHOICES: dict[str, tuple[str, ...]] = {
-  name: plasticity_config.CHOICES[name] for name in ("network", "alpha_kind")
-}
+CHOICES: dict[str, tuple[str, ...]] = dict(
+  {name: plasticity_config.CHOICES[name] for name in ("network", "alpha_kind")},
+  step_impl=LSTM_STEP_IMPLS,
+)
 
 # Fields that only steer the run; they may differ between a run and its --resume.
 RUN_CONTROL_FIELDS = (
   "data_dir",
+  "step_impl",
   "epochs",
   "chunk_size",
   "keep_checkpoints",
