@@ -265,6 +265,12 @@ def test_learns_and_resumes(corpus_dir, tmp_path):
   assert second["valid_ppl"][0] < 0.25 * unigram
   assert second["test_ppl"][0] < 0.25 * unigram
   assert second["valid_tokens_scored"] == 22 * 4 * 10  # The whole split, cut to B x T.
+  # Wall time and tokens/s cover both sessions' training chunks.
+  assert second["seeds"] == [0] and second["epochs"] == 2
+  assert second["train_seconds"] > first["train_seconds"] > 0.0
+  tokens = second["tokens_trained"]
+  assert second["tokens_per_s"] == pytest.approx(tokens / second["train_seconds"])
+  assert second["settings"]["network"] == "retromod" and second["settings"]["epochs"] == 2
   rows = metrics_lib.read_csv(str(tmp_path / "metrics.csv"))
   assert sum(not math.isnan(r["test_ppl"]) for r in rows) == 1  # Old test row dropped.
   assert [int(r["step"]) for r in rows] == sorted(int(r["step"]) for r in rows)

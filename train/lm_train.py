@@ -187,6 +187,30 @@ def valid_history(path: str, num_seeds: int) -> list[list[float]]:
   ]
 
 
+def training_time(path: str, tokens_per_step: int) -> tuple[float, float]:
+  """(seconds, tokens/s) of the training chunks recorded in a metrics CSV.
+
+  Summed over every session of a resumed run: each chunk row holds its step
+  count (the step difference to the row before) and its tokens/s. Evaluation
+  time is not included. (nan, nan) without chunk rows.
+  """
+  if not os.path.exists(path):
+    return math.nan, math.nan
+  seconds, tokens, previous = 0.0, 0, 0
+  for row in metrics_lib.read_csv(path):
+    rate = row.get("tokens_per_s", math.nan)
+    if math.isnan(rate) or rate <= 0:
+      continue
+    step = int(row["step"])
+    chunk_tokens = (step - previous) * tokens_per_step
+    seconds += chunk_tokens / rate
+    tokens += chunk_tokens
+    previous = step
+  if not tokens:
+    return math.nan, math.nan
+  return seconds, tokens / seconds
+
+
 def saved_settings(payload: Mapping[str, Any]) -> dict[str, Any]:
   """The LMTrainConfig fields of a config.json's contents (its "train" entry)."""
   return LMTrainConfig.saved_settings(payload["train"])
@@ -282,8 +306,10 @@ def train_and_evaluate(config: LMTrainConfig, workdir: str) -> dict[str, Any]:
 
   Returns:
     The contents of results.json: "valid_ppl" [S] (last epoch), "test_ppl" [S],
-    "valid_ppl_per_epoch" [epochs][S], "hidden_size", "num_params", "steps",
-    "tokens_trained"; plus "state", the seed-stacked LMTrainState.
+    "valid_ppl_per_epoch" [epochs][S], "seeds" [S], "hidden_size",
+    "num_params", "epochs", "steps", "tokens_trained", "train_seconds" and
+    "tokens_per_s" (training chunks of every session, evaluation excluded),
+    "settings" (the run's config); plus "state", the seed-stacked LMTrainState.
 
   Raises:
     FileNotFoundError / ValueError: missing or malformed data (before any
@@ -380,10 +406,20 @@ def train_and_evaluate(config: LMTrainConfig, workdir: str) -> dict[str, Any]:
     )
     step = int(distributed.to_host(state.step)[0])
     run.write_rows([dict(step=step, epoch=config.epochs, **_per_seed("test_ppl", test_ppl))])
+    seconds, tokens_per_s = (
+      training_time(run.metrics_path, config.num_seeds * config.batch_size * config.unroll)
+      if run.writes
+      else (math.nan, math.nan)
+    )
     results = {
       "network": config.network,
+      "seeds": [config.seed + s for s in range(config.num_seeds)],
       "hidden_size": model_config.hidden_size,
       "num_params": num_params,
+      "epochs": config.epochs,
+      "train_seconds": seconds,
+      "tokens_per_s": tokens_per_s,
+      "settings": config.to_dict(),
       "steps": step,
       "tokens_trained": step * config.batch_size * config.unroll,
       "valid_ppl": final_valid,
