@@ -507,10 +507,13 @@ def _zero_unused(network: str, grads: Operands) -> Operands:
   return grads
 
 
-def _sequence_forward(network: str, ops: Operands, save_history: bool, segment: int):
+def _sequence_forward(
+  network: str, ops: Operands, save_history: bool, segment: int, in_place: bool = False
+):
   """(h [T, B, H], m [T, B], traces, E, checkpoints of the old traces or [1]).
 
   The checkpoints: the old traces of steps 0, k, 2k, ... (k = segment).
+  in_place: the new traces overwrite the old ones' buffers (T >= 1).
   """
   segments = -(-ops.x.shape[0] // segment)
   retro = network == "retromod"
@@ -525,12 +528,18 @@ def _sequence_forward(network: str, ops: Operands, save_history: bool, segment: 
     "hebb_hist": history(ops.hebb0, save_history),
     "elig_hist": history(ops.elig0, save_history and retro),
   }
+  aliases = None
+  if in_place:
+    aliases = {
+      _FWD_OPERANDS.index(name + "0"): _FWD_RESULTS.index(name) for name in ("hebb", "elig")
+    }
   return _kernel(
     "bpm_plastic_seq_fwd",
     network,
     _FWD_OPERANDS,
     ops,
     tuple(shapes[name] for name in _FWD_RESULTS),
+    aliases,
     save_history=save_history,
     segment=segment,
   )
@@ -574,7 +583,11 @@ def _params_of(ops: Operands) -> dict[str, Array]:
 
 
 def _step_forward(network: str, ops: Operands):
-  h, m, hebb, elig, _, _ = _sequence_forward(network, ops._replace(x=ops.x[None]), False, 1)
+  # In place: inside a scan (a rollout) XLA then updates the carried traces
+  # without a fresh [B, H, H] buffer per step (it copies them first where the
+  # old ones are still needed, e.g. as the residual of a differentiated step).
+  step_ops = ops._replace(x=ops.x[None])
+  h, m, hebb, elig, _, _ = _sequence_forward(network, step_ops, False, 1, in_place=True)
   return h[0], m[0], hebb, elig
 
 
