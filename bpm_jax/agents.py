@@ -66,7 +66,7 @@ class ActorCritic(nn.Module):
     self.value = nn.Dense(1, kernel_init=torch_kernel_init, bias_init=bias_init)
 
   def __call__(
-    self, carry: plasticity.RNNState, obs: Array, sequence: bool = False
+    self, carry: plasticity.RNNState, obs: Array, sequence: bool = False, recorded: Any = None
   ) -> tuple[plasticity.RNNState, tuple[Array, Array, Array]]:
     """One step, or T steps of recorded observations.
 
@@ -75,11 +75,13 @@ class ActorCritic(nn.Module):
       obs: [B, I] observations, or [T, B, I] with `sequence=True`.
       sequence: replay a whole time-major sequence (the outputs get a leading
         T axis); see `PlasticRNNCell.__call__`.
+      recorded: `fused` only: the recurrent layer's `fused_step.Recorded` of
+        the sequence (no second forward kernel; see `PlasticRNNCell`).
 
     Returns:
       (new carry, (logits [B, A], value [B], m [B, K])).
     """
-    carry, (h, m) = self.cell(carry, obs, sequence)
+    carry, (h, m) = self.cell(carry, obs, sequence, recorded)
     return carry, (self.policy(h), self.value(h)[..., 0], m)
 
   @nn.nowrap

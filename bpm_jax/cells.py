@@ -242,10 +242,12 @@ def _fused_batched(
   config: PlasticityConfig,
   clip_value: Any,
   sequence: bool,
+  recorded: Any = None,
 ):
   """The fused kernels over any leading batch dims (none: a batch of 1).
 
   x_drive: [..., H], or [T, ..., H] with `sequence`.
+  recorded: a `fused_step.Recorded` of this sequence (one batch dim).
   """
   from bpm_jax import fused_step  # pylint: disable=g-import-not-at-top
 
@@ -253,8 +255,13 @@ def _fused_batched(
   size = math.prod(batch_shape)
   flat = lambda t, lead=0: t.reshape(t.shape[:lead] + (size,) + t.shape[lead + len(batch_shape) :])
   state = jax.tree.map(flat, state)
+  if recorded is not None and (not sequence or len(batch_shape) != 1):
+    raise ValueError("recorded= needs sequence=True and one batch dim [T, B, I].")
   if sequence:
-    out = fused_step.rnn_sequence_fused(params, state, flat(x_drive, 1), config, clip_value)
+    if recorded is None:
+      out = fused_step.rnn_sequence_fused(params, state, flat(x_drive, 1), config, clip_value)
+    else:
+      out = fused_step.rnn_sequence_recorded(params, state, x_drive, config, clip_value, recorded)
     state, (h, m) = out
     unflat = lambda t, lead=0: t.reshape(t.shape[:lead] + batch_shape + t.shape[lead + 1 :])
     return jax.tree.map(unflat, state), (unflat(h, 1), unflat(m, 1))
@@ -309,7 +316,9 @@ class PlasticRNNCell(nn.RNNCellBase):
     super().__post_init__()
 
   @nn.compact
-  def __call__(self, carry: plasticity.RNNState, x: Array, sequence: bool = False):
+  def __call__(
+    self, carry: plasticity.RNNState, x: Array, sequence: bool = False, recorded: Any = None
+  ):
     """One step, or a whole sequence.
 
     Args:
@@ -318,6 +327,10 @@ class PlasticRNNCell(nn.RNNCellBase):
       sequence: run T steps (time-major `x`); h and m get a leading T axis.
         With `step_impl="fused"` the T steps are one kernel call per
         direction (`fused_step.rnn_sequence_fused`), else a `lax.scan`.
+      recorded: `fused` only: a `fused_step.Recorded` of these T steps (made
+        by a rollout of one-step calls with the same parameters); the
+        sequence then returns it and runs only the backward kernel
+        (`fused_step.rnn_sequence_recorded`).
     """
     hsize = self.features
     x_drive = nn.Dense(
@@ -339,8 +352,12 @@ class PlasticRNNCell(nn.RNNCellBase):
       self.param_dtype,
     )
     fused = self.step_impl == "fused" and self.config.is_plastic
+    if recorded is not None and not fused:
+      raise ValueError("recorded= needs step_impl='fused' and a plastic network.")
     if fused:
-      carry, (h, m) = _fused_batched(params, carry, x_drive, self.config, self.clip_value, sequence)
+      carry, (h, m) = _fused_batched(
+        params, carry, x_drive, self.config, self.clip_value, sequence, recorded
+      )
     else:
       rnn_step = rnn_step_impl(self.step_impl)
 

@@ -14,6 +14,10 @@ forward and backward kernels (`bpm_jax/kernels/plastic_step.cc`):
   backward recomputes each segment's traces from them in cache, then walks
   them in reverse. This is what makes A2C training fast (`train.a2c` replays
   each rollout with it).
+* `rnn_sequence_recorded(params, state, x_drives, config, clip_value,
+  recorded)`: the same sequence when a rollout of `rnn_step_fused` calls
+  already ran its forward (`scan_recording` keeps the segment checkpoints):
+  only the backward kernel runs.
 
 XLA:CPU's own code for the step streams the [B, H, H] traces through memory
 a couple of dozen times per step (README, "Speed notes"). The episodes are
@@ -450,15 +454,111 @@ def rnn_sequence_fused(
   """
   clip_value = jnp.asarray(clip_value, jnp.float32)
   _check_inputs(config, state, x_drives, params, clip_value, 3, "rnn_sequence_fused")
-  steps, size = x_drives.shape[0], x_drives.shape[-1]
-  if segment is None:
-    segment = getattr(_segment_override, "value", None)
-  if segment is None:
-    segment = default_segment(steps, size, config.network)
-  segment = min(_check_segment(segment), max(steps, 1))
+  segment = resolve_segment(x_drives.shape[0], x_drives.shape[-1], config.network, segment)
   h, m, hebb, elig = _fused_sequence(
     config.network, segment, _forward_operands(params, state, x_drives, config, clip_value)
   )
+  traces = plasticity.Traces(hebb=hebb, elig=elig if config.has_eligibility else None)
+  return plasticity.RNNState(h=h[-1], traces=traces), (h, m[..., None])
+
+
+def resolve_segment(steps: int, size: int, network: str, segment: int | None = None) -> int:
+  """The segment length k of a T-step sequence: `segment`, else that of an
+  enclosing `segment_length` block, else `default_segment`; at most T."""
+  if segment is None:
+    segment = getattr(_segment_override, "value", None)
+  if segment is None:
+    segment = default_segment(steps, size, network)
+  return min(_check_segment(segment), max(steps, 1))
+
+
+class Recorded(NamedTuple):
+  """What a rollout of one-step calls keeps so that its sequence needs no second forward.
+
+  Shapes as `rnn_sequence_fused`'s, for the T steps of B episodes:
+  h [T, B, H] and m [T, B] the step outputs; hebb_hist (and elig_hist for
+  retromod, else a [1] placeholder) the old traces of steps 0, k, 2k, ...
+  ([ceil(T / k), B, H, H], k = `resolve_segment(T, H, network)`); final the
+  traces after step T.
+  """
+
+  h: Array
+  m: Array
+  hebb_hist: Array
+  elig_hist: Array
+  final: plasticity.Traces
+
+
+def scan_recording(step, init, xs, segment: int, traces_of):
+  """`lax.scan(step, init, xs)` that also keeps the traces of every segment start.
+
+  For a rollout of one-step calls whose sequence `rnn_sequence_recorded`
+  differentiates: the T steps run as an outer scan over the full segments
+  of k steps (each emits its starting traces, so only ceil(T / k) copies are
+  written) and a scan over the T mod k steps left.
+
+  Args:
+    step: the scan body, (carry, x_t) -> (carry, y_t).
+    init: the initial carry.
+    xs: per-step inputs, leaves [T, ...].
+    segment: k (`resolve_segment`).
+    traces_of: carry -> the plastic layer's `plasticity.Traces` [B, H, H].
+
+  Returns:
+    (final carry, ys [T, ...], (hebb_hist, elig_hist)): the old traces of
+    steps 0, k, 2k, ... ([ceil(T / k), B, H, H]; elig a [1] placeholder
+    without E), as `Recorded` wants them.
+  """
+  steps = jax.tree.leaves(xs)[0].shape[0]
+  full, rest = divmod(steps, segment)
+
+  def one_segment(carry, seg_xs):
+    start = traces_of(carry)
+    carry, ys = jax.lax.scan(step, carry, seg_xs)
+    return carry, (start, ys)
+
+  split = lambda x: x[: full * segment].reshape((full, segment) + x.shape[1:])
+  carry, (starts, ys) = jax.lax.scan(one_segment, init, jax.tree.map(split, xs))
+  ys = jax.tree.map(lambda y: y.reshape((full * segment,) + y.shape[2:]), ys)
+  if rest:
+    starts = jax.tree.map(lambda a, b: jnp.concatenate([a, b[None]]), starts, traces_of(carry))
+    carry, tail = jax.lax.scan(step, carry, jax.tree.map(lambda x: x[full * segment :], xs))
+    ys = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), ys, tail)
+  elig = starts.elig if starts.elig is not None else jnp.zeros((1,), jnp.float32)
+  return carry, ys, (starts.hebb, elig)
+
+
+def rnn_sequence_recorded(
+  params: plasticity.PlasticParams,
+  state: plasticity.RNNState,
+  x_drives: Array,
+  config: PlasticityConfig,
+  clip_value: Array | float,
+  recorded: Recorded,
+) -> tuple[plasticity.RNNState, tuple[Array, Array]]:
+  """`rnn_sequence_fused` whose forward was already run, step by step.
+
+  Returns the recorded outputs and final traces as they are; the gradient is
+  `rnn_sequence_fused`'s backward kernel on the recorded checkpoints, with
+  respect to params, the initial state and x_drives. The recording must come
+  from these params, initial state and drives (a rollout under
+  `stop_gradient` of the same params); its own cotangent is zero. It saves
+  the forward kernel of a replay (A2C: ~0.06 s of an iteration at the
+  cue-reward size).
+  """
+  clip_value = jnp.asarray(clip_value, jnp.float32)
+  _check_inputs(config, state, x_drives, params, clip_value, 3, "rnn_sequence_recorded")
+  steps = x_drives.shape[0]
+  segment = resolve_segment(steps, x_drives.shape[-1], config.network)
+  expected = (-(-steps // segment),) + state.traces.hebb.shape
+  if recorded.h.shape != x_drives.shape or recorded.hebb_hist.shape != expected:
+    raise ValueError(
+      f"rnn_sequence_recorded: the recording (h {recorded.h.shape}, checkpoints "
+      f"{recorded.hebb_hist.shape}) does not fit x_drives {x_drives.shape} with segment "
+      f"k={segment} (checkpoints {expected}); record with the same segment length."
+    )
+  ops = _forward_operands(params, state, x_drives, config, clip_value)
+  h, m, hebb, elig = _recorded_sequence(config.network, segment, ops, recorded)
   traces = plasticity.Traces(hebb=hebb, elig=elig if config.has_eligibility else None)
   return plasticity.RNNState(h=h[-1], traces=traces), (h, m[..., None])
 
@@ -642,3 +742,37 @@ def _fused_sequence_bwd(network, segment, residuals, cotangents):
 
 
 _fused_sequence.defvjp(_fused_sequence_fwd, _fused_sequence_bwd)
+
+
+def _recorded_outputs(recorded: Recorded, ops: Operands):
+  final = recorded.final
+  elig = final.elig if final.elig is not None else jnp.zeros_like(ops.elig0)
+  return recorded.h, recorded.m, final.hebb, elig
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _recorded_sequence(network: str, segment: int, ops: Operands, recorded: Recorded):
+  del network, segment
+  return _recorded_outputs(recorded, ops)
+
+
+def _recorded_sequence_fwd(network, segment, ops, recorded):
+  del network, segment
+  residuals = Operands(
+    h0=ops.h0,
+    h=recorded.h,
+    m=recorded.m,
+    hebb_hist=recorded.hebb_hist,
+    elig_hist=recorded.elig_hist,
+    **_params_of(ops),
+  )
+  return _recorded_outputs(recorded, ops), (residuals, recorded)
+
+
+def _recorded_sequence_bwd(network, segment, residuals, cotangents):
+  residuals, recorded = residuals
+  grads = _fused_sequence_bwd(network, segment, residuals, cotangents)[0]
+  return grads, jax.tree.map(jnp.zeros_like, recorded)
+
+
+_recorded_sequence.defvjp(_recorded_sequence_fwd, _recorded_sequence_bwd)

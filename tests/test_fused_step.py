@@ -184,6 +184,54 @@ def test_sequence_segments_recompute_the_full_history_bit_for_bit(network):
   assert np.any(hebb == np.float32(CLIP)) and np.any(hebb < CLIP)
 
 
+@pytest.mark.parametrize("network", NETWORKS)
+def test_a_recorded_rollout_gives_the_sequence_numbers_without_its_forward(network):
+  """One-step calls in a scan, keeping the traces at segment starts
+  (`scan_recording`), then `rnn_sequence_recorded`: the outputs and the
+  gradient of `rnn_sequence_fused` bit for bit (the same kernel arithmetic),
+  with a last segment shorter than the others, and no forward kernel call."""
+  config, params = params_for(network)
+  state = random_state(config, seed=4)
+  x_drives = jnp.asarray(np.random.default_rng(5).normal(0, 1, (T, B, H)), jnp.float32)
+  segment = 3  # T = 10: segments 3, 3, 3, 1
+
+  def record(p, s, x):
+    def step(st, xt):
+      st, (h, m) = fused_step.rnn_step_fused(p, st, xt, config, CLIP)
+      return st, (h, m[:, 0])
+
+    final, (h, m), ckpt = fused_step.scan_recording(step, s, x, segment, lambda st: st.traces)
+    return fused_step.Recorded(h, m, ckpt[0], ckpt[1], final.traces)
+
+  def loss(run, p, s, x):
+    final, outputs = run(p, s, x)
+    return weighted_sum((final, outputs), 1), (final, outputs)
+
+  def with_recording(p, s, x):
+    recorded = record(*jax.lax.stop_gradient((p, s, x)))
+    return fused_step.rnn_sequence_recorded(p, s, x, config, CLIP, recorded)
+
+  def sequence(p, s, x):
+    return fused_step.rnn_sequence_fused(p, s, x, config, CLIP, segment)
+
+  grad = lambda run: jax.jit(
+    jax.value_and_grad(functools.partial(loss, run), argnums=(0, 1, 2), has_aux=True)
+  )
+  with fused_step.segment_length(segment):
+    got = grad(with_recording)(params, state, x_drives)
+    jaxpr = jax.make_jaxpr(jax.grad(lambda p: loss(with_recording, p, state, x_drives)[0]))(params)
+  want = grad(sequence)(params, state, x_drives)
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+    np.testing.assert_array_equal(a, b)
+  # The sequence forward kernel never runs: only the rollout's one-step calls
+  # (T = 1 inside the scan) and the backward.
+  calls = [e for e in jaxpr.eqns if e.primitive.name == "ffi_call"]
+  assert [e.params["target_name"] for e in calls] == ["bpm_plastic_seq_bwd"]
+  with pytest.raises(ValueError, match="segment"):
+    with fused_step.segment_length(4):
+      with_recording(params, state, x_drives)
+
+
 @pytest.mark.parametrize("network", ["plastic", "retromod"])
 def test_sequence_residual_is_one_checkpoint_per_segment(network):
   """The forward kernel returns ceil(T / k) checkpoints of the traces."""

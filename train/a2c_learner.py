@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import optax
 
 import envs
+from bpm_jax import fused_step
 from bpm_jax.agents import ActorCritic
 from train.a2c_config import (
   HPARAM_FIELDS,
@@ -62,6 +63,9 @@ class Trajectory:
     env_state: env states seen at each step, leaves [T, B, ...] (only with
       `record=True`, else None).
     info: the env's per-step info dict, leaves [T, B] (with `record=True`).
+    replay: what `replay` needs to skip the forward kernel
+      (`fused_step.Recorded`: the layer's h and m, the trace checkpoints and
+      final traces), from a rollout with `for_replay=True`; else None.
   """
 
   log_prob: Array
@@ -74,6 +78,7 @@ class Trajectory:
   obs: Array
   env_state: Any = None
   info: Any = None
+  replay: Any = None
 
 
 @flax.struct.dataclass
@@ -212,11 +217,15 @@ def rollout(
   batch_size: int,
   record: bool = False,
   greedy: bool = False,
+  for_replay: bool = False,
 ) -> Trajectory:
   """B fresh episodes of exactly T steps; differentiable w.r.t. `params`.
 
   `record`: also keep the env states and infos (for pictures).
   `greedy`: act with the most probable action instead of sampling (evaluation).
+  `for_replay`: (`replays_rollout` only) also keep what `replay` needs to
+  skip the forward kernel: the layer's h per step and its traces at the
+  segment starts (`Trajectory.replay`).
   """
   env, env_params = spec.env, spec.env_params
   agent = spec.agent(hparams.clip_value)
@@ -225,6 +234,7 @@ def rollout(
     jax.random.split(key_reset, batch_size), env_params
   )
   carry = agent.initialize_carry((batch_size,))
+  steps = spec.config.episode_length
 
   def step(step_carry, key_t):
     agent_carry, env_state, obs = step_carry
@@ -248,14 +258,28 @@ def rollout(
       obs=obs,
       env_state=env_state if record else None,
       info=info if record else None,
+      replay=agent_carry.h if for_replay else None,  # h_t [B, H]
     )
     return (agent_carry, next_env_state, next_obs), out
 
   if spec.config.remat:
     step = jax.checkpoint(step, prevent_cse=False)
-  _, trajectory = jax.lax.scan(
-    step, (carry, env_state, obs), jax.random.split(key_steps, spec.config.episode_length)
-  )
+  init, keys = (carry, env_state, obs), jax.random.split(key_steps, steps)
+  if not for_replay:
+    _, trajectory = jax.lax.scan(step, init, keys)
+  else:
+    segment = fused_step.resolve_segment(steps, spec.config.hidden_size, spec.config.network)
+    (final, _, _), trajectory, checkpoints = fused_step.scan_recording(
+      step, init, keys, segment, lambda c: c[0].traces
+    )
+    recorded = fused_step.Recorded(
+      h=trajectory.replay,
+      m=trajectory.modulation[..., 0],
+      hebb_hist=checkpoints[0],
+      elig_hist=checkpoints[1],
+      final=final.traces,
+    )
+    trajectory = trajectory.replace(replay=recorded)
   return trajectory
 
 
@@ -270,7 +294,9 @@ def replay(
   """
   agent = spec.agent(hparams.clip_value)
   carry = agent.initialize_carry(trajectory.obs.shape[1:2])
-  _, (logits, value, m) = agent.apply(params, carry, trajectory.obs, sequence=True)
+  _, (logits, value, m) = agent.apply(
+    params, carry, trajectory.obs, sequence=True, recorded=trajectory.replay
+  )
   return trajectory.replace(**policy_terms(logits, trajectory.action), value=value, modulation=m)
 
 
@@ -289,7 +315,9 @@ def loss(
   batch_size = config.batch_size if batch_size is None else batch_size
   if replays_rollout(spec):
     # Act without gradients, then differentiate one replay of the episode.
-    trajectory = rollout(spec, jax.lax.stop_gradient(params), key, hparams, batch_size)
+    trajectory = rollout(
+      spec, jax.lax.stop_gradient(params), key, hparams, batch_size, for_replay=True
+    )
     trajectory = replay(spec, params, trajectory, hparams)
   else:
     trajectory = rollout(spec, params, key, hparams, batch_size)
