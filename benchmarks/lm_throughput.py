@@ -28,7 +28,7 @@ import numpy as np
 from absl import app, flags, logging
 
 from bpm_jax import lm, ptb
-from bpm_jax.cells import LSTM_STEP_IMPLS, lstm_fused_applies
+from bpm_jax.cells import LSTM_STEP_IMPLS, resolve_lstm_step_impl
 from bpm_jax.config import NETWORKS
 from train import lm_config, lm_learner, lm_train
 
@@ -89,10 +89,7 @@ def check_ptb(data_dir: str) -> ptb.Corpus:
 
 def _step_name(config: lm.LMConfig) -> str:
   """The step a config runs (`auto` resolved), as the cell resolves it."""
-  if config.network == "rnn" or config.step_impl != "auto":
-    return config.step_impl
-  fused = lstm_fused_applies(config.plasticity_config(), config.plastic_gates)
-  return "fused" if fused else "reference"
+  return resolve_lstm_step_impl(config.step_impl, config.plasticity_config(), config.plastic_gates)
 
 
 def main(argv):

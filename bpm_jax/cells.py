@@ -235,6 +235,19 @@ def batched(step: Callable, batch_shape: tuple[int, ...]) -> Callable:
   return run
 
 
+def _batch_reshapers(batch_shape: tuple[int, ...]) -> tuple[Callable, Callable]:
+  """(flat, unflat): leading batch dims `batch_shape` <-> one dim, after `lead` axes."""
+  size = math.prod(batch_shape)
+
+  def flat(t, lead=0):
+    return t.reshape(t.shape[:lead] + (size,) + t.shape[lead + len(batch_shape) :])
+
+  def unflat(t, lead=0):
+    return t.reshape(t.shape[:lead] + batch_shape + t.shape[lead + 1 :])
+
+  return flat, unflat
+
+
 def _fused_batched(
   params: plasticity.PlasticParams,
   state: plasticity.RNNState,
@@ -252,8 +265,7 @@ def _fused_batched(
   from bpm_jax import fused_step  # pylint: disable=g-import-not-at-top
 
   batch_shape = state.h.shape[:-1]
-  size = math.prod(batch_shape)
-  flat = lambda t, lead=0: t.reshape(t.shape[:lead] + (size,) + t.shape[lead + len(batch_shape) :])
+  flat, unflat = _batch_reshapers(batch_shape)
   state = jax.tree.map(flat, state)
   if recorded is not None and (not sequence or len(batch_shape) != 1):
     raise ValueError("recorded= needs sequence=True and one batch dim [T, B, I].")
@@ -263,10 +275,9 @@ def _fused_batched(
     else:
       out = fused_step.rnn_sequence_recorded(params, state, x_drive, config, clip_value, recorded)
     state, (h, m) = out
-    unflat = lambda t, lead=0: t.reshape(t.shape[:lead] + batch_shape + t.shape[lead + 1 :])
     return jax.tree.map(unflat, state), (unflat(h, 1), unflat(m, 1))
   out = fused_step.rnn_step_fused(params, state, flat(x_drive), config, clip_value)
-  return jax.tree.map(lambda t: t.reshape(batch_shape + t.shape[1:]), out)
+  return jax.tree.map(unflat, out)
 
 
 class PlasticRNNCell(nn.RNNCellBase):
@@ -389,12 +400,20 @@ class PlasticRNNCell(nn.RNNCellBase):
 LSTM_STEP_IMPLS = ("auto", "reference", "fused")
 
 
-def lstm_fused_applies(config: PlasticityConfig, plastic_gates: bool = False) -> bool:
-  """Whether `step_impl="auto"` runs the fused LSTM kernels: they cover the
-  variant and build on this (CPU) backend."""
+def resolve_lstm_step_impl(
+  step_impl: str, config: PlasticityConfig, plastic_gates: bool = False
+) -> str:
+  """The LSTM step that runs: `reference` for a plain LSTM (`rnn`: XLA's own
+  code), `step_impl` if not `auto`, else `fused` where the kernels cover the
+  variant and build on this (CPU) backend, else `reference`."""
+  if not config.is_plastic:
+    return "reference"
+  if step_impl != "auto":
+    return step_impl
   from bpm_jax import fused_lstm, fused_step  # pylint: disable=g-import-not-at-top
 
-  return fused_lstm.unsupported_reason(config, plastic_gates) is None and fused_step.available()
+  fused = fused_lstm.unsupported_reason(config, plastic_gates) is None and fused_step.available()
+  return "fused" if fused else "reference"
 
 
 def _fused_lstm_batched(
@@ -412,10 +431,7 @@ def _fused_lstm_batched(
   """
   from bpm_jax import fused_lstm  # pylint: disable=g-import-not-at-top
 
-  batch_shape = state.h.shape[:-1]
-  size = math.prod(batch_shape)
-  flat = lambda t, lead=0: t.reshape(t.shape[:lead] + (size,) + t.shape[lead + len(batch_shape) :])
-  unflat = lambda t, lead=0: t.reshape(t.shape[:lead] + batch_shape + t.shape[lead + 1 :])
+  flat, unflat = _batch_reshapers(state.h.shape[:-1])
   x_seq = flat(x_drive, 1) if sequence else flat(x_drive)[None]
   state, (h, m) = fused_lstm.lstm_sequence_fused(
     params, gate_kernel, jax.tree.map(flat, state), x_seq, config, clip_value
@@ -482,12 +498,8 @@ class PlasticLSTMCell(nn.RNNCellBase):
 
   @property
   def resolved_step_impl(self) -> str:
-    """`step_impl` with `auto` made concrete (`fused` or `reference`)."""
-    if not self.config.is_plastic:  # A plain LSTM: XLA's own code.
-      return "reference"
-    if self.step_impl != "auto":
-      return self.step_impl
-    return "fused" if lstm_fused_applies(self.config, self.plastic_gates) else "reference"
+    """`step_impl` with `auto` made concrete (`resolve_lstm_step_impl`)."""
+    return resolve_lstm_step_impl(self.step_impl, self.config, self.plastic_gates)
 
   @property
   def post_size(self) -> int:
