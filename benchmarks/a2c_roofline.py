@@ -1,0 +1,191 @@
+"""Roofline of the A2C iteration on this CPU: what the fused kernels move and
+compute, what the machine can do, what the iteration takes.
+
+    flock /tmp/bench.lock python -m benchmarks.a2c_roofline
+    python -m benchmarks.a2c_roofline --envs=CueReward-v0 --networks=modplast
+    (--envs, --networks, --iterations: as benchmarks.a2c_throughput's)
+
+Three parts, all measured in this run except the access counts, which are
+read off the kernels' loops (bpm_jax/kernels/plastic_step.cc, see `accesses`):
+
+1. The machine (benchmarks/roofline.cc, compiled here with the kernels'
+   flags): the peak fused multiply-add rate and the rate of a
+   y[i] = y[i] + s * x[i] loop over working sets from 32 KiB to 64 MiB per
+   thread, on 1 thread and on `--threads` threads at once.
+2. The plastic layer's work per iteration: B x T step-episodes, each a few
+   passes over [H, H] float arrays (W, alpha, Hebb, E, their cotangents,
+   the gradient sums). Bytes = passes x 4 H^2; ops = arithmetic per element
+   (an FMA counts 2, a compare 1) x H^2. Lower bounds on time: bytes at the
+   measured loop rate for the episode's working set, ops at the FMA peak.
+3. The time: `benchmarks.fused_sequence` (the sequence kernels alone, at the
+   iteration's B, H, T, random weights) and `benchmarks.a2c_throughput`
+   (the whole jitted iteration: rollout, loss, Adam).
+
+Prints figures only; nothing is asserted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+import subprocess
+import tempfile
+
+from absl import app, flags
+
+# Its flags serve here too: --envs, --networks (rnn is skipped), --iterations.
+from benchmarks import a2c_throughput
+from benchmarks.timing import time_sequence
+
+FLAGS = flags.FLAGS
+flags.DEFINE_integer("threads", os.cpu_count() or 1, "Threads of the all-cores figures.")
+flags.DEFINE_list(
+  "targets",
+  ["CueReward-v0=0.04", "GridMaze-v0=0.025"],
+  "ENV=S: an iteration time to compare (the bandwidth it would need); the defaults "
+  "are the speed issue's modplast targets.",
+)
+
+_SOURCE = pathlib.Path(__file__).with_name("roofline.cc")
+
+
+@dataclasses.dataclass(frozen=True)
+class Machine:
+  """What benchmarks/roofline.cc measured."""
+
+  gflops: dict[int, float]  # threads -> FMA peak
+  gbps: dict[tuple[int, int], float]  # (threads, KiB per thread) -> loop rate
+
+  def loop_gbps(self, threads: int, kib: float) -> float:
+    """The loop rate at the smallest measured working set >= kib."""
+    sizes = sorted(k for t, k in self.gbps if t == threads)
+    size = next((k for k in sizes if k >= kib), sizes[-1])
+    return self.gbps[threads, size]
+
+
+def measure_machine(threads: int) -> Machine:
+  """Compiles and runs benchmarks/roofline.cc on 1 and `threads` threads."""
+  from bpm_jax import fused_step  # pylint: disable=g-import-not-at-top
+
+  compiler = os.environ.get("CXX", "g++")
+  flags_ = [f for f in fused_step._FLAGS if f not in ("-shared", "-fPIC")]  # pylint: disable=protected-access
+  with tempfile.TemporaryDirectory() as tmp:
+    binary = pathlib.Path(tmp) / "roofline"
+    subprocess.run([compiler, *flags_, "-pthread", str(_SOURCE), "-o", str(binary)], check=True)
+    counts = sorted({1, threads})
+    out = subprocess.run(
+      [str(binary), *map(str, counts)], check=True, capture_output=True, text=True
+    ).stdout
+  gflops, gbps = {}, {}
+  for line in out.splitlines():
+    kind, *values = line.split()
+    if kind == "fma":
+      gflops[int(values[0])] = float(values[1])
+    elif kind == "rmw":
+      gbps[int(values[0]), int(values[1])] = float(values[2])
+  return Machine(gflops, gbps)
+
+
+def accesses(network: str, segment: int) -> dict[str, tuple[float, float]]:
+  """Passes over [H, H] floats and ops per element, per step-episode, by phase.
+
+  Read off the loops of bpm_jax/kernels/plastic_step.cc (reads + writes of
+  an [H, H] array each count one pass; vectors of H are left out):
+    forward   StepForward: the matrix-vector product reads W, alpha, Hebb
+              (3; ops 4: alpha*Hebb+W, *h, +=); UpdateTraces reads and writes
+              Hebb (2; ops 5: h*h, *r, +, clip 2), retromod also E (4; ops 8);
+              every k-th step a checkpoint copy (2/k, retromod 4/k).
+    recompute the backward's UpdateTraces on the k-1 other steps of each
+              segment: (k-1)/k of UpdateTraces.
+    backward  pass 1 (StepBackward): reads Hebb and the trace cotangent,
+              writes the cotangent (3; ops ~14: the clip's value and
+              comparisons, the cotangent, three sums), retromod also E and
+              its cotangent (6; ops ~24); pass 2 reads alpha, Hebb, W, the
+              cotangent and the alpha and W gradient sums and writes the
+              last three (9; ops 10).
+  """
+  retro = network == "retromod"
+  update = (4.0, 8.0) if retro else (2.0, 5.0)
+  k = float(segment)
+  return {
+    "forward": (3.0 + update[0] + update[0] / k, 4.0 + update[1]),
+    "recompute": (update[0] * (k - 1) / k, update[1] * (k - 1) / k),
+    "backward": ((6.0 if retro else 3.0) + 9.0, (24.0 if retro else 14.0) + 10.0),
+  }
+
+
+def working_set_kib(network: str, size: int, segment: int) -> dict[str, float]:
+  """[H, H] arrays one episode's loop keeps touching, per phase, in KiB."""
+  traces = 2 if network == "retromod" else 1
+  kib = 4 * size * size / 1024
+  return {
+    "forward": kib * (2 + traces),  # W, alpha, the traces
+    "backward": kib * (4 + traces * (1 + segment)),  # + W, alpha grads, cotangents
+  }
+
+
+def main(argv):
+  del argv
+  import jax  # pylint: disable=g-import-not-at-top
+
+  from bpm_jax import fused_step  # pylint: disable=g-import-not-at-top
+  from train.a2c_config import a2c_defaults  # pylint: disable=g-import-not-at-top
+
+  threads = FLAGS.threads
+  targets = {k: float(v) for k, v in (t.split("=") for t in FLAGS.targets)}
+  machine = measure_machine(threads)
+  print(f"JAX {jax.__version__} on {jax.devices()[0].platform}; {os.cpu_count()} CPUs")
+  print("The machine (benchmarks/roofline.cc):")
+  for t in sorted(machine.gflops):
+    loops = ", ".join(
+      f"{k} KiB {machine.gbps[t, k]:.0f}" for tt, k in sorted(machine.gbps) if tt == t
+    )
+    print(f"  {t} thread(s): FMA peak {machine.gflops[t]:.1f} GFLOP/s; loop GB/s: {loops}")
+  for env in FLAGS.envs:
+    for network in (n for n in FLAGS.networks if n != "rnn"):
+      target = targets.get(env)
+      config = a2c_defaults(env, network=network, step_impl="fused", iterations=FLAGS.iterations)
+      b, n, t = config.batch_size, config.hidden_size, config.episode_length
+      k = min(fused_step.default_segment(t, n, network), t)
+      step_episodes = b * t
+      elements = n * n * step_episodes
+      work = accesses(network, k)
+      sets = working_set_kib(network, n, k)
+      print(f"\n{env} {network}: B={b} H={n} T={t} k={k}, {step_episodes} step-episodes")
+      print(
+        f"  {'phase':<10} {'passes':>6} {'GB':>6} {'GFLOP':>6} {'set KiB/thr':>11} "
+        f"{'GB/s':>5} {'bound s':>8}"
+      )
+      bounds = {}
+      for phase, (passes, ops) in work.items():
+        gb = passes * 4 * elements / 1e9
+        gflop = ops * elements / 1e9
+        kib = sets["forward" if phase == "forward" else "backward"]
+        rate = machine.loop_gbps(threads, kib)
+        bound = max(gb / rate, gflop / machine.gflops[threads])
+        bounds[phase] = bound
+        print(
+          f"  {phase:<10} {passes:>6.2f} {gb:>6.2f} {gflop:>6.2f} {kib:>11.0f} "
+          f"{rate:>5.0f} {bound:>8.3f}"
+        )
+      gb = {phase: passes * 4 * elements / 1e9 for phase, (passes, _) in work.items()}
+      total_gb = sum(gb.values())
+      fwd_s, both_s, _ = time_sequence(network, b, n, t, 1.0, 3)
+      bwd_s = both_s - fwd_s
+      it = a2c_throughput.measure(config)["s_per_it"]
+      fwd_bound = bounds["forward"]
+      bwd_bound = bounds["recompute"] + bounds["backward"]
+      print(
+        f"  kernels alone: forward {fwd_s:.3f} s ({gb['forward'] / fwd_s:.0f} GB/s; bound "
+        f"{fwd_bound:.3f}), backward {bwd_s:.3f} s "
+        f"({(gb['recompute'] + gb['backward']) / bwd_s:.0f} GB/s; bound {bwd_bound:.3f})"
+      )
+      print(
+        f"  A2C iteration {it:.3f} s/it; the plastic layer's bound {fwd_bound + bwd_bound:.3f} s"
+        + (f"; {target} s/it needs {total_gb / target:.0f} GB/s for it alone" if target else "")
+      )
+
+
+if __name__ == "__main__":
+  app.run(main)
