@@ -12,7 +12,8 @@ read off the kernels' loops (bpm_jax/kernels/plastic_step.cc, see `accesses`):
    flags): the peak fused multiply-add rate and the rate of a
    y[i] = y[i] + s * x[i] loop over working sets from 32 KiB to 64 MiB per
    thread, on 1 thread and on `--threads` threads at once.
-2. The plastic layer's work per iteration: B x T step-episodes, each a few
+2. The work per iteration. The dense layers (input, heads, and the `rnn`'s
+   recurrent weights): FLOPs, bound at the FMA peak. The plastic layer: B x T step-episodes, each a few
    passes over [H, H] float arrays (W, alpha, Hebb, E, their cotangents,
    the gradient sums). Bytes = passes x 4 H^2; ops = arithmetic per element
    (an FMA counts 2, a compare 1) x H^2. Lower bounds on time: bytes at the
@@ -42,9 +43,15 @@ FLAGS = flags.FLAGS
 flags.DEFINE_integer("threads", os.cpu_count() or 1, "Threads of the all-cores figures.")
 flags.DEFINE_list(
   "targets",
-  ["CueReward-v0=0.04", "GridMaze-v0=0.025"],
-  "ENV=S: an iteration time to compare (the bandwidth it would need); the defaults "
-  "are the speed issue's modplast targets.",
+  [
+    "CueReward-v0/rnn=0.010",
+    "CueReward-v0/plastic=0.04",
+    "CueReward-v0/modplast=0.04",
+    "CueReward-v0/retromod=0.06",
+    "GridMaze-v0/modplast=0.025",
+  ],
+  "ENV/NETWORK=S: an iteration time to compare (the rate it would need); the "
+  "defaults are the targets of the speed issue (14).",
 )
 
 _SOURCE = pathlib.Path(__file__).with_name("roofline.cc")
@@ -125,6 +132,47 @@ def working_set_kib(network: str, size: int, segment: int) -> dict[str, float]:
   }
 
 
+def dense_gflop(obs_size: int, size: int, actions: int, network: str, step_episodes: int):
+  """GFLOP of the dense layers per iteration: input, recurrent W if not
+  plastic (the plastic layer's W is in its passes), policy and value heads;
+  2 flops per multiply-add forward, 4 backward (the weights' and the inputs'
+  cotangents)."""
+  macs = obs_size * size + size * (actions + 1) + (size * size if network == "rnn" else 0)
+  return 6 * macs * step_episodes / 1e9
+
+
+def plastic_layer(machine: Machine, threads: int, network: str, b: int, n: int, t: int, k: int):
+  """Prints the plastic layer's passes, bytes, FLOPs and bounds per phase and
+  the kernels' measured times; returns (GB per iteration, bound s)."""
+  elements = n * n * b * t
+  work = accesses(network, k)
+  sets = working_set_kib(network, n, k)
+  print(
+    f"  {'phase':<10} {'passes':>6} {'GB':>6} {'GFLOP':>6} {'set KiB/thr':>11} "
+    f"{'GB/s':>5} {'bound s':>8}"
+  )
+  bounds, gb = {}, {}
+  for phase, (passes, ops) in work.items():
+    gb[phase] = passes * 4 * elements / 1e9
+    gflop = ops * elements / 1e9
+    kib = sets["forward" if phase == "forward" else "backward"]
+    rate = machine.loop_gbps(threads, kib)
+    bounds[phase] = max(gb[phase] / rate, gflop / machine.gflops[threads])
+    print(
+      f"  {phase:<10} {passes:>6.2f} {gb[phase]:>6.2f} {gflop:>6.2f} {kib:>11.0f} "
+      f"{rate:>5.0f} {bounds[phase]:>8.3f}"
+    )
+  fwd_s, both_s, _ = time_sequence(network, b, n, t, 1.0, 3)
+  bwd_s = both_s - fwd_s
+  bwd_bound = bounds["recompute"] + bounds["backward"]
+  print(
+    f"  kernels alone: forward {fwd_s:.3f} s ({gb['forward'] / fwd_s:.0f} GB/s; bound "
+    f"{bounds['forward']:.3f}), backward {bwd_s:.3f} s "
+    f"({(gb['recompute'] + gb['backward']) / bwd_s:.0f} GB/s; bound {bwd_bound:.3f})"
+  )
+  return sum(gb.values()), bounds["forward"] + bwd_bound
+
+
 def main(argv):
   del argv
   import jax  # pylint: disable=g-import-not-at-top
@@ -142,49 +190,29 @@ def main(argv):
       f"{k} KiB {machine.gbps[t, k]:.0f}" for tt, k in sorted(machine.gbps) if tt == t
     )
     print(f"  {t} thread(s): FMA peak {machine.gflops[t]:.1f} GFLOP/s; loop GB/s: {loops}")
+  peak = machine.gflops[threads]
   for env in FLAGS.envs:
-    for network in (n for n in FLAGS.networks if n != "rnn"):
-      target = targets.get(env)
+    for network in FLAGS.networks:
+      target = targets.get(f"{env}/{network}")
       config = a2c_defaults(env, network=network, step_impl="fused", iterations=FLAGS.iterations)
+      spec = a2c_throughput.a2c_learner.make_spec(config)
       b, n, t = config.batch_size, config.hidden_size, config.episode_length
-      k = min(fused_step.default_segment(t, n, network), t)
-      step_episodes = b * t
-      elements = n * n * step_episodes
-      work = accesses(network, k)
-      sets = working_set_kib(network, n, k)
-      print(f"\n{env} {network}: B={b} H={n} T={t} k={k}, {step_episodes} step-episodes")
-      print(
-        f"  {'phase':<10} {'passes':>6} {'GB':>6} {'GFLOP':>6} {'set KiB/thr':>11} "
-        f"{'GB/s':>5} {'bound s':>8}"
-      )
-      bounds = {}
-      for phase, (passes, ops) in work.items():
-        gb = passes * 4 * elements / 1e9
-        gflop = ops * elements / 1e9
-        kib = sets["forward" if phase == "forward" else "backward"]
-        rate = machine.loop_gbps(threads, kib)
-        bound = max(gb / rate, gflop / machine.gflops[threads])
-        bounds[phase] = bound
-        print(
-          f"  {phase:<10} {passes:>6.2f} {gb:>6.2f} {gflop:>6.2f} {kib:>11.0f} "
-          f"{rate:>5.0f} {bound:>8.3f}"
-        )
-      gb = {phase: passes * 4 * elements / 1e9 for phase, (passes, _) in work.items()}
-      total_gb = sum(gb.values())
-      fwd_s, both_s, _ = time_sequence(network, b, n, t, 1.0, 3)
-      bwd_s = both_s - fwd_s
+      dense = dense_gflop(spec.obs_size, n, spec.num_actions, network, b * t)
+      k = min(fused_step.default_segment(t, n, network), t) if network != "rnn" else 0
+      print(f"\n{env} {network}: B={b} H={n} T={t}" + (f" k={k}" if k else ""))
+      print(f"  dense layers: {dense:.2f} GFLOP, bound {dense / peak:.3f} s")
+      bound = dense / peak
+      plastic_gb = 0.0
+      if network != "rnn":
+        plastic_gb, plastic_bound = plastic_layer(machine, threads, network, b, n, t, k)
+        bound += plastic_bound
       it = a2c_throughput.measure(config)["s_per_it"]
-      fwd_bound = bounds["forward"]
-      bwd_bound = bounds["recompute"] + bounds["backward"]
-      print(
-        f"  kernels alone: forward {fwd_s:.3f} s ({gb['forward'] / fwd_s:.0f} GB/s; bound "
-        f"{fwd_bound:.3f}), backward {bwd_s:.3f} s "
-        f"({(gb['recompute'] + gb['backward']) / bwd_s:.0f} GB/s; bound {bwd_bound:.3f})"
-      )
-      print(
-        f"  A2C iteration {it:.3f} s/it; the plastic layer's bound {fwd_bound + bwd_bound:.3f} s"
-        + (f"; {target} s/it needs {total_gb / target:.0f} GB/s for it alone" if target else "")
-      )
+      need = ""
+      if target and network == "rnn":
+        need = f"; {target} s/it needs {dense / target:.0f} GFLOP/s for the dense layers alone"
+      elif target:
+        need = f"; {target} s/it needs {plastic_gb / target:.0f} GB/s for the plastic layer alone"
+      print(f"  A2C iteration {it:.3f} s/it; bound {bound:.3f} s" + need)
 
 
 if __name__ == "__main__":
