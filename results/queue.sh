@@ -11,6 +11,9 @@
 # produced goes into results/ with the scripts there (results/ptb_small/
 # make_table.py --collect, results/cue_reward/make_figure.py --workdir).
 #
+# A job waits while any `python -m train.*` or `benchmarks.*` runs (so a
+# restarted queue never runs two at once, nor starts a job during a benchmark).
+#
 # Environment: RUNS (workdirs, default ~/bpm_runs), PTB (the Penn Treebank
 # directory, default ../shared/data/ptb), QUEUE_ONLY (run only the jobs whose
 # name matches this regex).
@@ -20,13 +23,24 @@ RUNS="${RUNS:-$HOME/bpm_runs}"
 PTB="${PTB:-$(cd .. && pwd)/shared/data/ptb}"
 mkdir -p "$RUNS"
 
+# job NAME MODULE ARGS...: runs `python -m MODULE ARGS` in $RUNS/NAME.
 job() {
-  local name="$1"
-  shift
-  local dir="$RUNS/$name"
+  job_in "$1" "$@"
+}
+
+# job_in DIR NAME MODULE ARGS...: as job, in the workdir $RUNS/DIR (a later
+# job may continue an earlier one's run, e.g. to more epochs).
+job_in() {
+  local dir="$RUNS/$1" name="$2"
+  shift 2
   if [[ -e "$RUNS/$name.done" ]] || [[ ! "$name" =~ ${QUEUE_ONLY:-.} ]]; then
     return 0
   fi
+  # One run at a time: wait for a run this queue did not start (a queue
+  # restarted while its last job still runs).
+  while pgrep -f "python -m (train|benchmarks)\." > /dev/null; do
+    sleep 60
+  done
   local resume=()
   if [[ -d "$dir/checkpoints" ]]; then
     resume=(--resume)
@@ -42,13 +56,24 @@ job() {
   fi
 }
 
-# Backpropamine Table 1, small model (issue 18): one seed per variant at the
-# default settings first, then seeds 1 and 2 (~1.5 h for the LSTM, ~2 h for a
-# plastic variant on 2 cores with the fused kernels).
-for seed in 0 1 2; do
-  for network in rnn plastic modplast retromod; do
-    job "ptb_${network}_seed${seed}" train.lm --data_dir="$PTB" --network="$network" --seed="$seed"
+LM=(train.lm --data_dir="$PTB")
+
+# Backpropamine Table 1, small model (issue 18). The LSTM's seed 0 at the
+# defaults (L2 1e-6) overfits (valid ppl 116.9 at epoch 9, train ~40): first
+# a small grid on the L2 penalty, seed 0, screened on the validation
+# perplexity after 6 epochs (the first decayed epoch; the default run moved
+# by < 1 ppl after it), one variant at a time; the chosen setting's screen
+# then continues to 13 epochs and seeds 1 and 2 follow (added here once
+# chosen; results/ptb_small/README.md says which and why).
+job ptb_rnn_seed0 "${LM[@]}" --network=rnn --seed=0
+for network in rnn plastic modplast retromod; do
+  for l2 in 1e-5 1e-4; do
+    job "ptb_${network}_l2_${l2}_e6_seed0" "${LM[@]}" --network="$network" --seed=0 \
+      --l2_penalty="$l2" --epochs=6
   done
+  if [[ "$network" != rnn ]]; then
+    job "ptb_${network}_e6_seed0" "${LM[@]}" --network="$network" --seed=0 --epochs=6
+  fi
 done
 
 # Backpropamine Fig. 1 (issue 19): cue-reward modplast, the reference's
