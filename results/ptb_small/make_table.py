@@ -11,10 +11,19 @@ as complete when it has trained its 13 epochs and written its test
 perplexity; partial runs are listed with their last validation perplexity
 and left out of the statistics.
 
+The paper searched, per variant and on validation perplexity, the decay factor,
+the decay's first epoch, the init scale and L2 (GRID_FIELDS). Runs here that
+differ from train.lm's defaults in those settings are named after the
+difference (`rnn_l2_1e-05_seed0`). Each variant's setting is the one whose
+seed-0 run has the lowest validation perplexity after SCREEN_EPOCH epochs,
+among the settings screened so far (`grid.md` lists them); only runs at that
+setting enter the table.
+
 Writes `table.md` (mean test perplexity with a 95% t-interval over seeds per
 variant next to the paper's, and two-sided Wilcoxon rank-sum tests, computed
 exactly as Mann-Whitney U, for the paper's three comparisons) and
-`curves.png` (validation perplexity vs epoch: median and range over seeds).
+`curves.png` (validation perplexity vs epoch: median and range over seeds at
+the chosen settings; right: every screened setting's seed 0).
 Validation perplexity only ever chooses settings; test perplexity is reported.
 """
 
@@ -38,6 +47,32 @@ LABELS = {"rnn": "LSTM", "plastic": "plastic LSTM", "modplast": "modplast", "ret
 PAPER_TEST_PPL = {"rnn": 104.26, "plastic": 103.80, "modplast": 102.65, "retromod": 102.48}
 COMPARISONS = (("rnn", "plastic"), ("plastic", "modplast"), ("modplast", "retromod"))
 EPOCHS = 13
+# The settings the paper searched per variant, and train.lm's defaults.
+GRID_FIELDS = ("l2_penalty", "lr_decay", "decay_after_epoch", "init_scale")
+DEFAULT_SETTING = (1e-6, 0.33, 5, 0.1)
+SHORT = {"l2_penalty": "l2", "lr_decay": "decay", "decay_after_epoch": "from", "init_scale": "init"}
+# Settings are compared on the validation perplexity after this epoch (the
+# first one at the decayed learning rate by default).
+SCREEN_EPOCH = 6
+
+
+def setting_of(train: dict) -> tuple:
+  return tuple(type(d)(train[f]) for f, d in zip(GRID_FIELDS, DEFAULT_SETTING))
+
+
+def setting_label(setting: tuple) -> str:
+  """ "default" or what differs from it, e.g. "l2 1e-05"."""
+  changed = [
+    f"{SHORT[f]} {v:g}" for f, v, d in zip(GRID_FIELDS, setting, DEFAULT_SETTING) if v != d
+  ]
+  return ", ".join(changed) or "default"
+
+
+def folder_name(network: str, setting: tuple, seed: int) -> str:
+  changed = "".join(
+    f"_{SHORT[f]}_{v:g}" for f, v, d in zip(GRID_FIELDS, setting, DEFAULT_SETTING) if v != d
+  )
+  return f"{network}{changed}_seed{seed}"
 
 
 def collect(workdir: str) -> str:
@@ -45,7 +80,7 @@ def collect(workdir: str) -> str:
   with open(os.path.join(workdir, "config.json")) as f:
     config = json.load(f)
   train = config["train"]
-  out = os.path.join(RUNS, f"{train['network']}_seed{train['seed']}")
+  out = os.path.join(RUNS, folder_name(train["network"], setting_of(train), train["seed"]))
   os.makedirs(out, exist_ok=True)
   shutil.copy(os.path.join(workdir, "config.json"), out)
   results = os.path.join(workdir, "results.json")
@@ -95,6 +130,7 @@ def load_runs() -> list[dict]:
           num_params=config.get("num_params"),
           tokens_per_s=results.get("tokens_per_s"),
           settings=train,
+          setting=setting_of(train),
         )
       )
   return entries
@@ -116,20 +152,63 @@ def rank_sum(a: np.ndarray, b: np.ndarray) -> str:
   return f"{p:.3f} (n = {len(a)} vs {len(b)})"
 
 
-def table(entries: list[dict]) -> str:
+def choose(entries: list[dict]) -> dict:
+  """network -> the setting with the lowest seed-0 validation perplexity after
+  SCREEN_EPOCH epochs (None while no seed 0 got that far)."""
+  chosen = {}
+  for network in NETWORKS:
+    screened = [
+      e
+      for e in entries
+      if e["network"] == network and e["seed"] == 0 and e["epochs"] >= SCREEN_EPOCH
+    ]
+    best = min(screened, key=lambda e: e["valid"][SCREEN_EPOCH - 1], default=None)
+    chosen[network] = best["setting"] if best else None
+  return chosen
+
+
+def grid_table(entries: list[dict], chosen: dict) -> str:
   lines = [
-    "| variant | H | params | complete seeds | test ppl, mean [95% CI] | paper | "
+    f"| variant | setting | seed | valid ppl after epoch {SCREEN_EPOCH} | last valid ppl "
+    "(epoch) | chosen |",
+    "|---|---|---|---|---|---|",
+  ]
+  for network in NETWORKS:
+    for e in sorted(
+      (e for e in entries if e["network"] == network and e["seed"] == 0),
+      key=lambda e: e["setting"],
+    ):
+      screen = f"{e['valid'][SCREEN_EPOCH - 1]:.2f}" if e["epochs"] >= SCREEN_EPOCH else "-"
+      last = f"{e['valid'][-1]:.2f} ({e['epochs']})" if e["valid"] else "-"
+      mark = "yes" if e["setting"] == chosen[network] else ""
+      lines.append(
+        f"| {LABELS[network]} | {setting_label(e['setting'])} | {e['seed']} | {screen} | "
+        f"{last} | {mark} |"
+      )
+  return "\n".join(lines) + "\n"
+
+
+def at_chosen(entries: list[dict], chosen: dict, network: str) -> list[dict]:
+  runs = [e for e in entries if e["network"] == network]
+  if chosen[network] is None:
+    return runs
+  return [e for e in runs if e["setting"] == chosen[network]]
+
+
+def table(entries: list[dict], chosen: dict) -> str:
+  lines = [
+    "| variant | setting | H | params | complete seeds | test ppl, mean [95% CI] | paper | "
     "valid ppl (last epoch) | tokens/s |",
-    "|---|---|---|---|---|---|---|---|",
+    "|---|---|---|---|---|---|---|---|---|",
   ]
   tests = {}
   for network in NETWORKS:
-    runs = [e for e in entries if e["network"] == network]
+    runs = at_chosen(entries, chosen, network)
     done = [e for e in runs if e["complete"]]
     tests[network] = np.array([e["test"] for e in done])
     if not runs:
       lines.append(
-        f"| {LABELS[network]} | - | - | 0 | not run | {PAPER_TEST_PPL[network]} | - | - |"
+        f"| {LABELS[network]} | - | - | - | 0 | not run | {PAPER_TEST_PPL[network]} | - | - |"
       )
       continue
     partial = [e for e in runs if not e["complete"]]
@@ -144,7 +223,8 @@ def table(entries: list[dict]) -> str:
       )
     speed = [e["tokens_per_s"] for e in runs if e["tokens_per_s"]]
     lines.append(
-      f"| {LABELS[network]} | {runs[0]['hidden_size']} | {runs[0]['num_params']:,} | "
+      f"| {LABELS[network]} | {setting_label(runs[0]['setting'])} | {runs[0]['hidden_size']} | "
+      f"{runs[0]['num_params']:,} | "
       f"{len(done)} | {test} | {PAPER_TEST_PPL[network]} | {valid} | "
       f"{f'{np.mean(speed):,.0f}' if speed else '-'} |"
     )
@@ -154,13 +234,13 @@ def table(entries: list[dict]) -> str:
   return "\n".join(lines) + "\n"
 
 
-def figure(entries: list[dict], path: str) -> None:
+def figure(entries: list[dict], chosen: dict, path: str) -> None:
   from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
 
-  fig = Figure(figsize=(7, 4.5))
-  ax = fig.add_subplot()
+  fig = Figure(figsize=(12, 4.5))
+  ax, grid_ax = fig.subplots(1, 2, sharey=True)
   for network in NETWORKS:
-    curves = [e["valid"] for e in entries if e["network"] == network and e["valid"]]
+    curves = [e["valid"] for e in at_chosen(entries, chosen, network) if e["valid"]]
     if not curves:
       continue
     length = max(len(c) for c in curves)
@@ -171,12 +251,26 @@ def figure(entries: list[dict], path: str) -> None:
     median = np.nanmedian(padded, axis=0)
     ax.plot(epochs, median, marker="o", ms=3, label=f"{LABELS[network]} ({len(curves)} seeds)")
     ax.fill_between(epochs, np.nanmin(padded, axis=0), np.nanmax(padded, axis=0), alpha=0.2)
-  ax.set_xlabel("epoch")
+  for i, network in enumerate(NETWORKS):
+    for e in (e for e in entries if e["network"] == network and e["seed"] == 0 and e["valid"]):
+      grid_ax.plot(
+        np.arange(1, e["epochs"] + 1),
+        e["valid"],
+        color=f"C{i}",
+        marker="o",
+        ms=2,
+        lw=2 if e["setting"] == chosen[network] else 0.8,
+        label=f"{LABELS[network]}: {setting_label(e['setting'])}",
+      )
+  ax.set_title("chosen settings: median and range over seeds")
+  grid_ax.set_title(f"screened settings, seed 0 (chosen after epoch {SCREEN_EPOCH}: bold)")
+  for a in (ax, grid_ax):
+    a.set_xlabel("epoch")
+    a.set_yscale("log")
+    a.grid(True, which="both", alpha=0.3)
+    a.legend(fontsize=7)
   ax.set_ylabel("validation perplexity")
-  ax.set_yscale("log")
-  ax.set_title("PTB small model (4.8M parameters): median and range over seeds")
-  ax.grid(True, which="both", alpha=0.3)
-  ax.legend()
+  fig.suptitle("PTB small model (4.8M parameters)")
   fig.tight_layout()
   fig.savefig(path, dpi=120)
 
@@ -190,11 +284,16 @@ def main() -> None:
   entries = load_runs()
   if not entries:
     raise SystemExit(f"No runs in {RUNS}; collect some with --collect WORKDIR.")
-  text = table(entries)
+  chosen = choose(entries)
+  text = table(entries, chosen)
+  grid = grid_table(entries, chosen)
   with open(os.path.join(HERE, "table.md"), "w") as f:
     f.write(text)
-  figure(entries, os.path.join(HERE, "curves.png"))
+  with open(os.path.join(HERE, "grid.md"), "w") as f:
+    f.write(grid)
+  figure(entries, chosen, os.path.join(HERE, "curves.png"))
   print(text)
+  print(grid)
 
 
 if __name__ == "__main__":
