@@ -58,6 +58,11 @@ job_in() {
 
 LM=(train.lm --data_dir="$PTB")
 
+# The work is cut into rounds of 1-2 hours that alternate between the
+# issues, so that every session moves each of them on; a later round
+# continues an earlier round's run (job_in: same workdir, more epochs or
+# iterations).
+
 # Backpropamine Table 1, small model (issue 18). The LSTM's seed 0 at the
 # defaults (L2 1e-6) overfits (valid ppl 116.9 at epoch 9, train ~40): first
 # a small grid on the L2 penalty, seed 0, screened on the validation
@@ -65,8 +70,8 @@ LM=(train.lm --data_dir="$PTB")
 # by < 1 ppl after it), one variant at a time; the chosen setting's screen
 # then continues to 13 epochs and seeds 1 and 2 follow (added here once
 # chosen; results/ptb_small/README.md says which and why).
-job ptb_rnn_seed0 "${LM[@]}" --network=rnn --seed=0
-for network in rnn plastic modplast retromod; do
+ptb_screen() {  # NETWORK: L2 1e-5 and 1e-4 (and the default for plastic ones)
+  local network="$1" l2
   for l2 in 1e-5 1e-4; do
     job "ptb_${network}_l2_${l2}_e6_seed0" "${LM[@]}" --network="$network" --seed=0 \
       --l2_penalty="$l2" --epochs=6
@@ -74,10 +79,34 @@ for network in rnn plastic modplast retromod; do
   if [[ "$network" != rnn ]]; then
     job "ptb_${network}_e6_seed0" "${LM[@]}" --network="$network" --seed=0 --epochs=6
   fi
-done
+}
 
-# Backpropamine Fig. 1 (issue 19): cue-reward modplast, the reference's
-# baseline, seed 1 (seeds 0-2 reached 7.8k iterations at chance), to 30k
-# iterations: does it leave chance after ~10k, as one earlier run did?
-job cue_modplast_batch0_seed1 train.a2c --env=CueReward-v0 --network=modplast --seed=1 \
-  --iterations=30000
+# Backpropamine Fig. 2 (issue 19): the maze at the paper's settings (the
+# defaults of GridMaze-v0), 3 seeds vmapped per network type.
+maze() {  # NETWORK ITERATIONS
+  job_in "maze_$1_3seeds" "maze_$1_3seeds_to$2" train.a2c --env=GridMaze-v0 --network="$1" \
+    --num_seeds=3 --iterations="$2" --checkpoint_every=500
+}
+
+# Backpropamine Fig. 1 (issue 19): cue-reward at the paper's settings (the
+# defaults of CueReward-v0, the reference's baseline). Seed 1 of modplast
+# (seeds 0-2 at chance through 7.8k iterations, seed 0 through 17.2k).
+cue() {  # NETWORK SEED ITERATIONS
+  job_in "cue_$1_batch0_seed$2" "cue_$1_batch0_seed$2_to$3" train.a2c --env=CueReward-v0 \
+    --network="$1" --seed="$2" --iterations="$3" --checkpoint_every=500
+}
+
+job ptb_rnn_seed0 "${LM[@]}" --network=rnn --seed=0
+ptb_screen rnn
+maze modplast 10000
+maze plastic 10000
+cue modplast 1 30000
+ptb_screen plastic
+maze rnn 10000
+maze retromod 10000
+ptb_screen modplast
+cue modplast 1 60000
+ptb_screen retromod
+for network in modplast plastic rnn retromod; do
+  maze "$network" 25000
+done
