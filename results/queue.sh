@@ -14,6 +14,8 @@
 # A job waits while any `python -m train.*` or `benchmarks.*` runs (so a
 # restarted queue never runs two at once, nor starts a job during a benchmark).
 #
+# Stop the queue before editing this file (bash reads a script as it runs it).
+#
 # Environment: RUNS (workdirs, default ~/bpm_runs), PTB (the Penn Treebank
 # directory, default ../shared/data/ptb), QUEUE_ONLY (run only the jobs whose
 # name matches this regex).
