@@ -9,7 +9,7 @@
 # skipped; a run that fails is logged and the queue moves on (it is retried
 # next time). Logs: `$RUNS/<name>.log`. Workdirs stay outside git; what a run
 # produced goes into results/ with the scripts there (results/ptb_small/
-# make_table.py --collect, results/cue_reward/make_figure.py --workdir).
+# make_table.py --collect, results/cue_reward/make_figure.py --collect).
 #
 # A job waits while any `python -m train.*` or `benchmarks.*` runs (so a
 # restarted queue never runs two at once, nor starts a job during a benchmark).

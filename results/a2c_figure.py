@@ -1,0 +1,190 @@
+"""Curves, window tables and rank-sum tests of A2C runs, one CSV per agent.
+
+Shared by results/cue_reward/make_figure.py and results/maze/make_figure.py:
+
+    python results/maze/make_figure.py --collect ~/bpm_runs/maze_modplast_3seeds
+    python results/maze/make_figure.py          # from the CSVs in the folder
+
+`--collect WORKDIR` downsamples a `train.a2c` run's metrics.csv to one row
+per 100 iterations per agent (the mean reward per episode over those
+iterations, and mean |m(t)| for modulated networks) into
+`metrics/<network>_<baseline>_seed<k>.csv` (k: the agent's seed, the run's
+--seed plus its index; a longer copy replaces a shorter one). The figure is
+the papers' style: per group (network and baseline), the median and the
+inter-quartile range over agents of the reward per episode against the
+iteration. The table gives each group's median over agents of the
+per-agent window means, and for each pair in `pairs` a two-sided
+Wilcoxon rank-sum test (exact, as Mann-Whitney U) of the two groups'
+window means, as the stars of Backpropamine Fig. 2. With 3 agents per
+group the smallest possible p is 0.1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import glob
+import json
+import os
+
+import numpy as np
+from scipy import stats
+
+EVERY = 100
+
+
+def collect(workdir: str, folder: str) -> list[str]:
+  """A train.a2c workdir -> one downsampled CSV per agent; returns the paths."""
+  with open(os.path.join(workdir, "config.json")) as f:
+    config = json.load(f)
+  with open(os.path.join(workdir, "metrics.csv"), newline="") as f:
+    rows = list(csv.DictReader(f))
+  columns = sorted(
+    (k for k in rows[0] if k.startswith("reward_seed")), key=lambda k: int(k[len("reward_seed") :])
+  )
+  has_m = "modulation_abs" in rows[0] and config["network"] in ("modplast", "retromod")
+  os.makedirs(os.path.join(folder, "metrics"), exist_ok=True)
+  paths = []
+  for column in columns:
+    seed = int(config["seed"]) + int(column[len("reward_seed") :])
+    name = f"{config['network']}_{config.get('baseline', 'own')}_seed{seed}.csv"
+    path = os.path.join(folder, "metrics", name)
+    blocks = [rows[i : i + EVERY] for i in range(0, len(rows) - EVERY + 1, EVERY)]
+    if os.path.exists(path) and len(read_agent(path)[0]) > len(blocks):
+      continue  # keep the longer copy
+    with open(path, "w", newline="") as f:
+      writer = csv.writer(f)
+      writer.writerow(["iteration", "reward"] + (["modulation_abs"] if has_m else []))
+      for block in blocks:
+        writer.writerow(
+          [int(float(block[0]["iteration"])), f"{np.mean([float(r[column]) for r in block]):.4f}"]
+          + ([f"{np.mean([float(r['modulation_abs']) for r in block]):.4f}"] if has_m else [])
+        )
+    paths.append(path)
+  return paths
+
+
+def read_agent(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+  """(iteration, reward, |m| or None) of one agent's CSV."""
+  with open(path, newline="") as f:
+    rows = list(csv.DictReader(f))
+  it = np.array([int(r["iteration"]) for r in rows])
+  reward = np.array([float(r["reward"]) for r in rows])
+  m = (
+    np.array([float(r["modulation_abs"]) for r in rows])
+    if rows and "modulation_abs" in rows[0]
+    else None
+  )
+  return it, reward, m
+
+
+def load_groups(
+  folder: str,
+) -> dict[str, list[tuple[str, np.ndarray, np.ndarray, np.ndarray | None]]]:
+  """group ("<network>_<baseline>") -> [(agent, iteration, reward, |m|)]."""
+  groups: dict[str, list] = {}
+  for path in sorted(glob.glob(os.path.join(folder, "metrics", "*.csv"))):
+    agent = os.path.basename(path)[: -len(".csv")]
+    group = agent.rsplit("_seed", 1)[0]
+    groups.setdefault(group, []).append((agent, *read_agent(path)))
+  return groups
+
+
+def stack(agents: list, length: int | None = None) -> np.ndarray:
+  """[agents, points] rewards, NaN past an agent's end."""
+  length = length or max(len(a[2]) for a in agents)
+  out = np.full((len(agents), length), np.nan)
+  for i, (_, _, reward, _) in enumerate(agents):
+    out[i, : min(len(reward), length)] = reward[:length]
+  return out
+
+
+def window_means(agents: list, window: int) -> np.ndarray:
+  """[agents, windows] mean reward per window of `window` iterations (NaN if incomplete)."""
+  per = window // EVERY
+  rewards = stack(agents)
+  count = rewards.shape[1] // per
+  return rewards[:, : count * per].reshape(len(agents), count, per).mean(axis=2)
+
+
+def rank_sum(a: np.ndarray, b: np.ndarray) -> float:
+  a, b = a[~np.isnan(a)], b[~np.isnan(b)]
+  if len(a) < 2 or len(b) < 2:
+    return float("nan")
+  return float(stats.mannwhitneyu(a, b, alternative="two-sided", method="exact").pvalue)
+
+
+def table(groups: dict, window: int, pairs: list[tuple[str, str]]) -> str:
+  """Markdown: per window, each group's median window mean (n agents) and the pairs' p."""
+  means = {g: window_means(agents, window) for g, agents in groups.items()}
+  windows = max(m.shape[1] for m in means.values())
+  names = sorted(groups)
+  pairs = [(a, b) for a, b in pairs if a in groups and b in groups]
+  lines = [
+    "| iterations | "
+    + " | ".join(f"{g} (n)" for g in names)
+    + "".join(f" | p {a} vs {b}" for a, b in pairs)
+    + " |",
+    "|---" * (1 + len(names) + len(pairs)) + "|",
+  ]
+  for w in range(windows):
+    cells = []
+    for g in names:
+      col = means[g][:, w] if w < means[g].shape[1] else np.array([])
+      col = col[~np.isnan(col)]
+      cells.append(f"{np.median(col):.2f} ({len(col)})" if len(col) else "-")
+    for a, b in pairs:
+      get = lambda g: means[g][:, w] if w < means[g].shape[1] else np.array([])  # noqa: E731
+      p = rank_sum(get(a), get(b))
+      cells.append("-" if np.isnan(p) else f"{p:.3f}")
+    lines.append(f"| {w * window}-{(w + 1) * window - 1} | " + " | ".join(cells) + " |")
+  return "\n".join(lines) + "\n"
+
+
+def figure(groups: dict, path: str, title: str) -> None:
+  """Reward per episode (median and IQR over agents) and mean |m(t)| vs iteration."""
+  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
+
+  has_m = any(a[3] is not None for agents in groups.values() for a in agents)
+  fig = Figure(figsize=(8, 6 if has_m else 4.5))
+  axes = fig.subplots(2 if has_m else 1, 1, sharex=True, squeeze=False)[:, 0]
+  for i, (group, agents) in enumerate(sorted(groups.items())):
+    rewards = stack(agents)
+    it = max((a[1] for a in agents), key=len)
+    with np.errstate(all="ignore"):
+      median = np.nanmedian(rewards, axis=0)
+      low, high = np.nanpercentile(rewards, [25, 75], axis=0)
+    label = f"{group} ({len(agents)} agent{'s' * (len(agents) > 1)})"
+    axes[0].plot(it, median, color=f"C{i}", lw=1, label=label)
+    if len(agents) > 1:
+      axes[0].fill_between(it, low, high, color=f"C{i}", alpha=0.25, lw=0)
+    if has_m:
+      for _, agent_it, _, m in agents:
+        if m is not None:
+          axes[1].plot(agent_it, m, color=f"C{i}", lw=0.8)
+  axes[0].set_ylabel("reward per episode")
+  axes[0].axhline(0, color="grey", lw=0.5)
+  axes[0].legend(loc="upper left", fontsize=8)
+  axes[0].set_title(title)
+  if has_m:
+    axes[1].set_ylabel("mean |m(t)| (per agent)")
+  axes[-1].set_xlabel("iteration (B episodes each)")
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+
+
+def main(folder: str, title: str, window: int, pairs: list[tuple[str, str]]) -> None:
+  parser = argparse.ArgumentParser(description=title)
+  parser.add_argument("--collect", nargs="*", default=[], help="train.a2c workdirs to copy in")
+  args = parser.parse_args()
+  for workdir in args.collect:
+    for path in collect(workdir, folder):
+      print(f"collected {workdir} -> {os.path.relpath(path, folder)}")
+  groups = load_groups(folder)
+  if not groups:
+    raise SystemExit(f"No metrics in {folder}/metrics; collect some with --collect WORKDIR.")
+  text = table(groups, window, pairs)
+  with open(os.path.join(folder, "table.md"), "w") as f:
+    f.write(text)
+  figure(groups, os.path.join(folder, "curves.png"), title)
+  print(text)
