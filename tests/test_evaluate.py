@@ -77,6 +77,7 @@ def test_cli_prints_table_and_writes_json(workdir, tmp_path):
       f"--workdir={workdir}",
       "--episodes=3",
       f"--json_out={out}",
+      f"--export_to={tmp_path / 'agents'}",
     ],
     capture_output=True,
     text=True,
@@ -84,3 +85,9 @@ def test_cli_prints_table_and_writes_json(workdir, tmp_path):
   assert proc.returncode == 0, proc.stderr
   assert "reward per episode over 3 fresh episodes" in proc.stdout
   assert json.loads(out.read_text())["episodes"] == 3
+  # Every agent exported under its network and seed, each evaluable alone.
+  assert sorted(os.listdir(tmp_path / "agents")) == ["modplast_seed0", "modplast_seed1"]
+  one = evaluate_lib.evaluate(str(tmp_path / "agents" / "modplast_seed1"), episodes=3)
+  assert one["agents"][0]["mean"] == pytest.approx(
+    json.loads(out.read_text())["agents"][1]["mean"], abs=1e-6
+  )

@@ -3,6 +3,7 @@ r"""`python -m train.evaluate`: the reward of saved A2C agents on fresh episodes
     python -m train.evaluate --workdir=runs/cue_modplast --episodes=1000
     python -m train.evaluate --workdir=results/cue_reward/modplast_seed0 --greedy
     python -m train.evaluate --workdir=runs/cue_modplast --step=20000 --json_out=eval.json
+    python -m train.evaluate --workdir=runs/cue_modplast --export_to=results/cue_reward
 
 `--workdir` is a `train.a2c` / `train.sweep` workdir (its latest checkpoint,
 or `--step`; every agent of the run) or an exported agent folder
@@ -51,6 +52,17 @@ def export_agent(workdir: str, agent: int, out_dir: str, step: Optional[int] = N
   with open(os.path.join(out_dir, PARAMS_FILE), "wb") as f:
     f.write(flax.serialization.to_bytes(params))
   return out_dir
+
+
+def export_agents(workdir: str, out_root: str, step: Optional[int] = None) -> list[str]:
+  """Exports every agent of a workdir to out_root/<network>_seed<k>/ (k: its seed)."""
+  config, _, _ = a2c_train.restore_state(workdir, step=step)
+  return [
+    export_agent(
+      workdir, agent, os.path.join(out_root, f"{config.network}_seed{config.seed + agent}"), step
+    )
+    for agent in range(config.num_seeds)
+  ]
 
 
 def _check_agent(agent: int, num_seeds: int) -> None:
@@ -168,10 +180,13 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
   try:
     result = evaluate(fv.workdir, fv.episodes, fv.seed, fv.greedy, fv.step)
+    exported = export_agents(fv.workdir, fv.export_to, fv.step) if fv.export_to else []
   except run_lib.RUN_ERRORS + (OSError,) as e:
     print(f"ERROR: {e}", file=sys.stderr, flush=True)
     sys.exit(1)
   print(format_table(result))
+  for path in exported:
+    print(f"exported {path}")
   text = json.dumps(result, indent=2)
   print(text)
   if fv.json_out:
@@ -188,4 +203,10 @@ if __name__ == "__main__":
   flags.DEFINE_bool("greedy", False, "Most probable action instead of sampling.")
   flags.DEFINE_integer("step", None, "Checkpoint iteration (default: the latest).")
   flags.DEFINE_string("json_out", "", "Also write the JSON here.")
+  flags.DEFINE_string(
+    "export_to",
+    "",
+    "Also export every agent of --workdir as DIR/<network>_seed<k>/ "
+    "(config.json + params.msgpack: small, evaluable with --workdir).",
+  )
   app.run(main)
