@@ -98,6 +98,14 @@ cue() {  # NETWORK SEED ITERATIONS
     --network="$1" --seed="$2" --iterations="$3" --checkpoint_every=500
 }
 
+# The baseline A/B (issue 19): 3 seeds vmapped with each episode's own V_t.
+own() {  # ENV NETWORK ITERATIONS
+  local short="${1%%-*}"
+  short="${short,,}"
+  job_in "${short}_$2_own_3seeds" "${short}_$2_own_3seeds_to$3" train.a2c --env="$1" \
+    --network="$2" --baseline=own --num_seeds=3 --iterations="$3" --checkpoint_every=500
+}
+
 job ptb_rnn_seed0 "${LM[@]}" --network=rnn --seed=0
 ptb_screen rnn
 maze modplast 10000
@@ -109,6 +117,9 @@ maze retromod 10000
 ptb_screen modplast
 cue modplast 1 60000
 ptb_screen retromod
+own GridMaze-v0 modplast 10000
+cue rnn 0 30000
+own CueReward-v0 modplast 20000
 for network in modplast plastic rnn retromod; do
   maze "$network" 25000
 done
