@@ -24,6 +24,15 @@ cd "$(dirname "$0")/.."
 RUNS="${RUNS:-$HOME/bpm_runs}"
 PTB="${PTB:-$(cd .. && pwd)/shared/data/ptb}"
 mkdir -p "$RUNS"
+# The project's environment (README setup): activated here if not already.
+if [[ -z "${VIRTUAL_ENV:-}" && -f .venv/bin/activate ]]; then
+  . .venv/bin/activate
+fi
+if ! python -c "import jax, bpm_jax" 2> /dev/null; then
+  echo "$(date -u +%FT%TZ) queue: python cannot import jax and bpm_jax; set up the" \
+    "environment first (README: python3 -m venv .venv && pip install -e \".[dev]\")." >&2
+  exit 1
+fi
 
 # job NAME MODULE ARGS...: runs `python -m MODULE ARGS` in $RUNS/NAME.
 job() {
