@@ -236,6 +236,7 @@ def table(entries: list[dict], chosen: dict) -> str:
 
 def figure(entries: list[dict], chosen: dict, path: str) -> None:
   from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
+  from matplotlib.ticker import FuncFormatter  # pylint: disable=g-import-not-at-top
 
   fig = Figure(figsize=(12, 4.5))
   ax, grid_ax = fig.subplots(1, 2, sharey=True)
@@ -267,6 +268,8 @@ def figure(entries: list[dict], chosen: dict, path: str) -> None:
   for a in (ax, grid_ax):
     a.set_xlabel("epoch")
     a.set_yscale("log")
+    a.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    a.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     a.grid(True, which="both", alpha=0.3)
     a.legend(fontsize=7)
   ax.set_ylabel("validation perplexity")
