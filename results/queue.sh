@@ -4,7 +4,7 @@
 #   nohup nice -n 10 bash results/queue.sh > "${RUNS:-$HOME/bpm_runs}/queue.log" 2>&1 &
 #
 # Every run resumes where it stopped (`--resume` when its workdir has a
-# checkpoint), so a session that finds the machine as the last one left it just
+# complete checkpoint), so a session that finds the machine as the last one left it just
 # starts the queue again. A finished run is marked `$RUNS/<name>.done` and
 # skipped; a run that fails is logged and the queue moves on (it is retried
 # next time). Logs: `$RUNS/<name>.log`. Workdirs stay outside git; what a run
@@ -48,13 +48,26 @@ job_in() {
     return 0
   fi
   # One run at a time: wait for a run this queue did not start (a queue
-  # restarted while its last job still runs).
-  while pgrep -f "python -m (train|benchmarks)\." > /dev/null; do
+  # restarted while its last job still runs), then look again.
+  while pgrep -f "python[0-9.]* -m (train|benchmarks)\." > /dev/null; do
     sleep 60
   done
-  local resume=()
-  if [[ -d "$dir/checkpoints" ]]; then
+  if [[ -e "$RUNS/$name.done" ]]; then
+    return 0
+  fi
+  # Resume from the newest complete checkpoint; a run stopped before its first
+  # one starts again (--overwrite removes only that run's own files).
+  local resume=() found
+  python -c "import sys; from train import checkpoint as c
+sys.exit(0 if c.latest_step(sys.argv[1]) is not None else 3)" "$dir/checkpoints"
+  found=$?
+  if ((found == 0)); then
     resume=(--resume)
+  elif ((found != 3)); then
+    echo "$(date -u +%FT%TZ) FAILED $name (cannot read $dir/checkpoints; nothing was run)"
+    return 0
+  elif [[ -d "$dir" ]]; then
+    resume=(--overwrite)
   fi
   echo "$(date -u +%FT%TZ) start $name: python -m $* ${resume[*]}"
   python -m "$@" --workdir="$dir" "${resume[@]}" --noprogress >> "$RUNS/$name.log" 2>&1
@@ -78,7 +91,7 @@ LM=(train.lm --data_dir="$PTB")
 # defaults (L2 1e-6) overfits (valid ppl 116.9 at epoch 9, train ~40): first
 # a small grid on the L2 penalty, seed 0, screened on the validation
 # perplexity after 6 epochs (the first decayed epoch; the default run moved
-# by < 1 ppl after it), one variant at a time; the chosen setting's screen
+# by 1.6 ppl after it), one variant at a time; the chosen setting's screen
 # then continues to 13 epochs and seeds 1 and 2 follow (added here once
 # chosen; results/ptb_small/README.md says which and why).
 ptb_screen() {  # NETWORK: L2 1e-5 and 1e-4 (and the default for plastic ones)
