@@ -9,7 +9,8 @@ Shared by results/cue_reward/make_figure.py and results/maze/make_figure.py:
 per 100 iterations per agent (the mean reward per episode over those
 iterations, and mean |m(t)| for modulated networks) into
 `metrics/<network>_<baseline>_seed<k>.csv` (k: the agent's seed, the run's
---seed plus its index; a longer copy replaces a shorter one). The figure is
+--seed plus its index; a longer copy replaces a shorter one; |m| only from
+one-agent runs, as metrics.csv holds its mean over the agents). The figure is
 the papers' style: per group (network and baseline), the median and the
 inter-quartile range over agents of the reward per episode against the
 iteration. The table gives each group's median over agents of the
@@ -35,14 +36,29 @@ EVERY = 100
 
 def collect(workdir: str, folder: str) -> list[str]:
   """A train.a2c workdir -> one downsampled CSV per agent; returns the paths."""
+  for name in ("config.json", "metrics.csv"):
+    if not os.path.exists(os.path.join(workdir, name)):
+      raise SystemExit(f"{workdir} has no {name}: not a train.a2c workdir (or nothing run yet).")
+  if os.path.exists(os.path.join(workdir, "sweep.json")):
+    raise SystemExit(
+      f"{workdir} is a train.sweep workdir (agents of several settings); collect runs of one "
+      "setting."
+    )
   with open(os.path.join(workdir, "config.json")) as f:
     config = json.load(f)
   with open(os.path.join(workdir, "metrics.csv"), newline="") as f:
     rows = list(csv.DictReader(f))
+  if len(rows) < EVERY:
+    raise SystemExit(f"{workdir}/metrics.csv has {len(rows)} rows; at least {EVERY} are needed.")
   columns = sorted(
     (k for k in rows[0] if k.startswith("reward_seed")), key=lambda k: int(k[len("reward_seed") :])
   )
-  has_m = "modulation_abs" in rows[0] and config["network"] in ("modplast", "retromod")
+  # metrics.csv holds |m| as the mean over a run's agents: kept for one-agent runs only.
+  has_m = (
+    "modulation_abs" in rows[0]
+    and config["network"] in ("modplast", "retromod")
+    and len(columns) == 1
+  )
   os.makedirs(os.path.join(folder, "metrics"), exist_ok=True)
   paths = []
   for column in columns:
@@ -100,7 +116,9 @@ def stack(agents: list, length: int | None = None) -> np.ndarray:
 
 
 def window_means(agents: list, window: int) -> np.ndarray:
-  """[agents, windows] mean reward per window of `window` iterations (NaN if incomplete)."""
+  """[agents, windows] mean reward per window of `window` iterations; the
+  windows run to the longest agent's last complete one, NaN where an agent
+  stopped before a window's end. Rows are 100 iterations apart from 0."""
   per = window // EVERY
   rewards = stack(agents)
   count = rewards.shape[1] // per

@@ -91,3 +91,10 @@ def test_cli_prints_table_and_writes_json(workdir, tmp_path):
   assert one["agents"][0]["mean"] == pytest.approx(
     json.loads(out.read_text())["agents"][1]["mean"], abs=1e-6
   )
+
+
+def test_export_names_carry_the_seed_and_a_non_default_baseline():
+  config = a2c_defaults("CueReward-v0", **dict(TINY, num_seeds=2, seed=3))
+  assert evaluate_lib.agent_name(config, 1) == "modplast_seed4"
+  own = config.replace(baseline="own", network="rnn")
+  assert evaluate_lib.agent_name(own, 0) == "rnn_own_seed3"

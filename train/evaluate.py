@@ -39,6 +39,28 @@ PARAMS_FILE = "params.msgpack"
 def export_agent(workdir: str, agent: int, out_dir: str, step: Optional[int] = None) -> str:
   """Writes agent `agent` of a workdir's checkpoint as config.json + params.msgpack."""
   config, state, iteration = a2c_train.restore_state(workdir, step=step)
+  return _write_agent(workdir, config, state, iteration, agent, out_dir)
+
+
+def export_agents(workdir: str, out_root: str, step: Optional[int] = None) -> list[str]:
+  """Exports every agent of a workdir to out_root/<name>/ (`agent_name`)."""
+  config, state, iteration = a2c_train.restore_state(workdir, step=step)
+  return [
+    _write_agent(
+      workdir, config, state, iteration, agent, os.path.join(out_root, agent_name(config, agent))
+    )
+    for agent in range(config.num_seeds)
+  ]
+
+
+def agent_name(config: A2CConfig, agent: int) -> str:
+  """`<network>_seed<k>` (k: the agent's seed), `<network>_<baseline>_seed<k>`
+  when the baseline is not the default `batch0`."""
+  baseline = "" if config.baseline == "batch0" else f"_{config.baseline}"
+  return f"{config.network}{baseline}_seed{config.seed + agent}"
+
+
+def _write_agent(workdir, config, state, iteration, agent: int, out_dir: str) -> str:
   _check_agent(agent, config.num_seeds)
   params = jax.tree.map(lambda x: np.asarray(x[agent]), state.params)
   hparams = sweep.agent_hparams(config, workdir, agent)
@@ -52,17 +74,6 @@ def export_agent(workdir: str, agent: int, out_dir: str, step: Optional[int] = N
   with open(os.path.join(out_dir, PARAMS_FILE), "wb") as f:
     f.write(flax.serialization.to_bytes(params))
   return out_dir
-
-
-def export_agents(workdir: str, out_root: str, step: Optional[int] = None) -> list[str]:
-  """Exports every agent of a workdir to out_root/<network>_seed<k>/ (k: its seed)."""
-  config, _, _ = a2c_train.restore_state(workdir, step=step)
-  return [
-    export_agent(
-      workdir, agent, os.path.join(out_root, f"{config.network}_seed{config.seed + agent}"), step
-    )
-    for agent in range(config.num_seeds)
-  ]
 
 
 def _check_agent(agent: int, num_seeds: int) -> None:
@@ -180,18 +191,22 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
   try:
     result = evaluate(fv.workdir, fv.episodes, fv.seed, fv.greedy, fv.step)
-    exported = export_agents(fv.workdir, fv.export_to, fv.step) if fv.export_to else []
   except run_lib.RUN_ERRORS + (OSError,) as e:
     print(f"ERROR: {e}", file=sys.stderr, flush=True)
     sys.exit(1)
   print(format_table(result))
-  for path in exported:
-    print(f"exported {path}")
   text = json.dumps(result, indent=2)
   print(text)
   if fv.json_out:
     with open(fv.json_out, "w") as f:
       f.write(text + "\n")
+  if fv.export_to:
+    try:
+      for path in export_agents(fv.workdir, fv.export_to, fv.step):
+        print(f"exported {path}")
+    except run_lib.RUN_ERRORS + (OSError,) as e:
+      print(f"ERROR: exporting to {fv.export_to}: {e}", file=sys.stderr, flush=True)
+      sys.exit(1)
 
 
 if __name__ == "__main__":
@@ -206,7 +221,8 @@ if __name__ == "__main__":
   flags.DEFINE_string(
     "export_to",
     "",
-    "Also export every agent of --workdir as DIR/<network>_seed<k>/ "
+    "Also export every agent of --workdir as DIR/<network>_seed<k>/ (with "
+    "_<baseline> before _seed when not batch0) "
     "(config.json + params.msgpack: small, evaluable with --workdir).",
   )
   app.run(main)
