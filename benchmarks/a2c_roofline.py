@@ -19,8 +19,14 @@ read off the kernels' loops (bpm_jax/kernels/plastic_step.cc, see `accesses`):
    (an FMA counts 2, a compare 1) x H^2. Lower bounds on time: bytes at the
    measured loop rate for the episode's working set, ops at the FMA peak.
 3. The time: `benchmarks.fused_sequence` (the sequence kernels alone, at the
-   iteration's B, H, T, random weights) and `benchmarks.a2c_throughput`
-   (the whole jitted iteration: rollout, loss, Adam).
+   iteration's B, H, T, random weights; the iteration itself runs the
+   forward as T one-step calls in the rollout and only the backward in the
+   loss) and `benchmarks.a2c_throughput` (the whole jitted iteration:
+   rollout, loss, Adam).
+
+The bounds are a model: each phase at the loop rate measured for the next
+larger working set (a read-modify-write loop's rate, also for read-only
+streams), or at the FMA peak, whichever is slower.
 
 Prints figures only; nothing is asserted.
 """
@@ -35,7 +41,7 @@ import tempfile
 
 from absl import app, flags
 
-# Its flags serve here too: --envs, --networks (rnn is skipped), --iterations.
+# Its flags serve here too: --envs, --networks, --iterations.
 from benchmarks import a2c_throughput
 from benchmarks.timing import time_sequence
 
@@ -94,7 +100,7 @@ def measure_machine(threads: int) -> Machine:
   return Machine(gflops, gbps)
 
 
-def accesses(network: str, segment: int) -> dict[str, tuple[float, float]]:
+def accesses(network: str, segment: int, steps: int) -> dict[str, tuple[float, float]]:
   """Passes over [H, H] floats and ops per element, per step-episode, by phase.
 
   Read off the loops of bpm_jax/kernels/plastic_step.cc (reads + writes of
@@ -102,9 +108,10 @@ def accesses(network: str, segment: int) -> dict[str, tuple[float, float]]:
     forward   StepForward: the matrix-vector product reads W, alpha, Hebb
               (3; ops 4: alpha*Hebb+W, *h, +=); UpdateTraces reads and writes
               Hebb (2; ops 5: h*h, *r, +, clip 2), retromod also E (4; ops 8);
-              every k-th step a checkpoint copy (2/k, retromod 4/k).
-    recompute the backward's UpdateTraces on the k-1 other steps of each
-              segment: (k-1)/k of UpdateTraces.
+              a checkpoint copy at the first step of each of the ceil(T/k)
+              segments (2, retromod 4, per segment).
+    recompute the backward's UpdateTraces on the other steps of each
+              segment (T - ceil(T/k) of the T steps).
     backward  pass 1 (StepBackward): reads Hebb and the trace cotangent,
               writes the cotangent (3; ops ~14: the clip's value and
               comparisons, the cotangent, three sums), retromod also E and
@@ -114,10 +121,10 @@ def accesses(network: str, segment: int) -> dict[str, tuple[float, float]]:
   """
   retro = network == "retromod"
   update = (4.0, 8.0) if retro else (2.0, 5.0)
-  k = float(segment)
+  first = -(-steps // segment) / steps  # the fraction of steps that start a segment
   return {
-    "forward": (3.0 + update[0] + update[0] / k, 4.0 + update[1]),
-    "recompute": (update[0] * (k - 1) / k, update[1] * (k - 1) / k),
+    "forward": (3.0 + update[0] + update[0] * first, 4.0 + update[1]),
+    "recompute": (update[0] * (1 - first), update[1] * (1 - first)),
     "backward": ((6.0 if retro else 3.0) + 9.0, (24.0 if retro else 14.0) + 10.0),
   }
 
@@ -136,16 +143,17 @@ def dense_gflop(obs_size: int, size: int, actions: int, network: str, step_episo
   """GFLOP of the dense layers per iteration: input, recurrent W if not
   plastic (the plastic layer's W is in its passes), policy and value heads;
   2 flops per multiply-add forward, 4 backward (the weights' and the inputs'
-  cotangents)."""
+  cotangents), and with a plastic layer 2 more: the loss replays the
+  rollout's dense forward."""
   macs = obs_size * size + size * (actions + 1) + (size * size if network == "rnn" else 0)
-  return 6 * macs * step_episodes / 1e9
+  return (6 if network == "rnn" else 8) * macs * step_episodes / 1e9
 
 
 def plastic_layer(machine: Machine, threads: int, network: str, b: int, n: int, t: int, k: int):
   """Prints the plastic layer's passes, bytes, FLOPs and bounds per phase and
   the kernels' measured times; returns (GB per iteration, bound s)."""
   elements = n * n * b * t
-  work = accesses(network, k)
+  work = accesses(network, k, t)
   sets = working_set_kib(network, n, k)
   print(
     f"  {'phase':<10} {'passes':>6} {'GB':>6} {'GFLOP':>6} {'set KiB/thr':>11} "
