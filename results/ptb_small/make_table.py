@@ -5,8 +5,9 @@
     python results/ptb_small/make_table.py --collect /root/bpm_runs/ptb_rnn_seed0 ...
     python results/ptb_small/make_table.py              # from the folders here only
 
-Each run folder `runs/<network>_seed<k>/` (k: the run's first seed; a run of
-`--num_seeds=S` counts as S seeds) holds what `train.lm` wrote. A run counts
+Each run folder `runs/<network>[_<setting>]_seed<k>/` (k: the run's first
+seed; a run of `--num_seeds=S` counts as S seeds; the same seed and setting
+twice counts once, the longer run) holds what `train.lm` wrote. A run counts
 as complete when it has trained its 13 epochs and written its test
 perplexity; partial runs are listed with their last validation perplexity
 and left out of the statistics.
@@ -133,7 +134,15 @@ def load_runs() -> list[dict]:
           setting=setting_of(train),
         )
       )
-  return entries
+  longest = {}
+  for e in entries:
+    key = (e["network"], e["setting"], e["seed"])
+    if key not in longest or (e["complete"], e["epochs"]) > (
+      longest[key]["complete"],
+      longest[key]["epochs"],
+    ):
+      longest[key] = e
+  return list(longest.values())
 
 
 def interval(values: np.ndarray) -> str:
@@ -189,10 +198,13 @@ def grid_table(entries: list[dict], chosen: dict) -> str:
 
 
 def at_chosen(entries: list[dict], chosen: dict, network: str) -> list[dict]:
+  """The network's runs at its chosen setting; before any choice, at the
+  setting of its longest run (shown as "not chosen yet")."""
   runs = [e for e in entries if e["network"] == network]
-  if chosen[network] is None:
-    return runs
-  return [e for e in runs if e["setting"] == chosen[network]]
+  setting = chosen[network]
+  if setting is None and runs:
+    setting = max(runs, key=lambda e: e["epochs"])["setting"]
+  return [e for e in runs if e["setting"] == setting]
 
 
 def table(entries: list[dict], chosen: dict) -> str:
@@ -223,7 +235,8 @@ def table(entries: list[dict], chosen: dict) -> str:
       )
     speed = [e["tokens_per_s"] for e in runs if e["tokens_per_s"]]
     lines.append(
-      f"| {LABELS[network]} | {setting_label(runs[0]['setting'])} | {runs[0]['hidden_size']} | "
+      f"| {LABELS[network]} | {setting_label(runs[0]['setting'])}"
+      f"{'' if chosen[network] else ' (not chosen yet)'} | {runs[0]['hidden_size']} | "
       f"{runs[0]['num_params']:,} | "
       f"{len(done)} | {test} | {PAPER_TEST_PPL[network]} | {valid} | "
       f"{f'{np.mean(speed):,.0f}' if speed else '-'} |"
