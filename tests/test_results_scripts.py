@@ -1,0 +1,84 @@
+"""The results/ scripts: collecting A2C runs per agent, window tables, the PTB grid choice."""
+
+import csv
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+
+sys.path.insert(
+  0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "results")
+)
+import a2c_figure  # noqa: E402  pylint: disable=g-import-not-at-top
+from ptb_small import make_table  # noqa: E402  pylint: disable=g-import-not-at-top
+
+
+def _a2c_workdir(path, network, seed, rewards):
+  """A train.a2c-like workdir: config.json and metrics.csv, rewards [agents, iterations]."""
+  os.makedirs(path)
+  with open(os.path.join(path, "config.json"), "w") as f:
+    json.dump(dict(network=network, seed=seed, baseline="batch0"), f)
+  agents = len(rewards)
+  with open(os.path.join(path, "metrics.csv"), "w", newline="") as f:
+    writer = csv.writer(f)
+    writer.writerow(["iteration", *(f"reward_seed{a}" for a in range(agents)), "modulation_abs"])
+    for i in range(rewards.shape[1]):
+      writer.writerow([i, *rewards[:, i], 0.5])
+  return str(path)
+
+
+def test_collect_names_agents_by_seed_and_keeps_m_of_one_agent_runs_only(tmp_path):
+  rewards = np.arange(2 * 250, dtype=float).reshape(2, 250)
+  three = _a2c_workdir(tmp_path / "run", "modplast", 2, rewards)
+  one = _a2c_workdir(tmp_path / "one", "modplast", 7, rewards[:1])
+  out = str(tmp_path / "out")
+  a2c_figure.collect(three, out)
+  a2c_figure.collect(one, out)
+  assert sorted(os.listdir(os.path.join(out, "metrics"))) == [
+    "modplast_batch0_seed2.csv",
+    "modplast_batch0_seed3.csv",
+    "modplast_batch0_seed7.csv",
+  ]
+  it, reward, m = a2c_figure.read_agent(os.path.join(out, "metrics", "modplast_batch0_seed3.csv"))
+  np.testing.assert_array_equal(it, [0, 100])  # the last 50 rows make no full block
+  np.testing.assert_allclose(reward, [rewards[1, :100].mean(), rewards[1, 100:200].mean()])
+  assert m is None  # a 3-agent run's |m| is their mean: not an agent's
+  assert (
+    a2c_figure.read_agent(os.path.join(out, "metrics", "modplast_batch0_seed7.csv"))[2] is not None
+  )
+  with pytest.raises(SystemExit, match="no config.json"):
+    a2c_figure.collect(str(tmp_path), out)
+
+
+def test_window_table_gives_medians_counts_and_the_exact_rank_sum_p(tmp_path):
+  it = np.arange(25) * 100
+  groups = {
+    "modplast_batch0": [(f"m{s}", it, np.full(25, 10.0 + s), None) for s in range(3)],
+    "plastic_batch0": [(f"p{s}", it[:12], np.full(12, 1.0 + s), None) for s in range(3)],
+  }
+  means = a2c_figure.window_means(groups["plastic_batch0"], 1000)
+  assert means.shape == (3, 1)  # 1200 iterations: one complete window
+  text = a2c_figure.table(groups, 1000, [("modplast_batch0", "plastic_batch0")])
+  lines = text.splitlines()
+  assert lines[2] == "| 0-999 | 11.00 (3) | 2.00 (3) | 0.100 |"  # 3 vs 3: the smallest p
+  assert lines[3] == "| 1000-1999 | 11.00 (3) | - | - |"
+
+
+def test_ptb_grid_chooses_on_seed_0_valid_ppl_after_the_screen_epoch():
+  def entry(setting, seed, valid):
+    return dict(network="rnn", setting=setting, seed=seed, epochs=len(valid), valid=valid)
+
+  default, strong = make_table.DEFAULT_SETTING, (1e-4,) + make_table.DEFAULT_SETTING[1:]
+  screen = make_table.SCREEN_EPOCH
+  entries = [
+    entry(default, 0, [120.0] * screen + [90.0]),  # better only after the screen epoch
+    entry(strong, 0, [119.0] * screen),
+    entry(default, 1, [100.0] * screen),  # seed 1 never chooses
+  ]
+  chosen = make_table.choose(entries)
+  assert chosen["rnn"] == strong and chosen["plastic"] is None
+  assert make_table.folder_name("rnn", strong, 0) == "rnn_l2_0.0001_seed0"
+  assert make_table.setting_label(strong) == "l2 0.0001"
+  assert [e["seed"] for e in make_table.at_chosen(entries, chosen, "rnn")] == [0]
