@@ -21,6 +21,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # A sweep (2 settings x 3 seeds = 6 agents: 4 devices get 2, 2, 2, 0 + padding)
 # of `modplast` (the fused CPU kernel, a custom call, inside shard_map), and a
 # 3-agent (odd) seed run resumed halfway. Prints the per-agent numbers as JSON.
+# The episodic and LM trainers' seeds over devices: tests/test_distributed.py
+# (2 processes of 2 devices each against one process).
 _SCRIPT = r"""
 import json, sys
 import jax
@@ -41,29 +43,8 @@ _, rows = a2c_train.train_and_evaluate(
     base.replace(num_seeds=3, resume=True), out + "/seeds")
 _, seeds_state, _ = a2c_train.restore_state(out + "/seeds")
 
-# The episodic trainer (3 seeds of pattern completion) and the LM (3 seeds).
-from tests.test_episodic import tiny as tiny_episodic
-from train import episodic_train, lm_train
-from train.lm_config import LMTrainConfig
-episodic_state, episodic_rows = episodic_train.train_and_evaluate(
-    tiny_episodic(num_seeds=3, iterations=10), out + "/episodic")
-import os, random
-rng = random.Random(0)
-words = [f"w{i}" for i in range(20)]
-os.makedirs(out + "/corpus")
-for split in ("train", "valid", "test"):
-  with open(f"{out}/corpus/{split}.txt", "w") as f:
-    f.write("\n".join(" ".join(rng.sample(words, 5)) for _ in range(60)) + "\n")
-lm_results = lm_train.train_and_evaluate(LMTrainConfig(
-    data_dir=out + "/corpus", network="plastic", num_seeds=3, epochs=1,
-    max_steps_per_epoch=2, max_eval_minibatches=2, hidden_size=8, batch_size=4,
-    unroll=5, eval_batch_size=2, chunk_size=2, progress=False), out + "/lm")
 print(json.dumps(dict(
     devices=jax.device_count(),
-    episodic_params=[np.asarray(x).tolist() for x in jax.tree.leaves(episodic_state.params)],
-    episodic_eval=[r["eval_loss_median"] for r in episodic_rows if "eval_loss_median" in r],
-    lm_params=[np.asarray(x).tolist() for x in jax.tree.leaves(lm_results["state"].params)],
-    lm_valid_ppl=lm_results["valid_ppl"],
     sweep_params=[np.asarray(x).tolist() for x in jax.tree.leaves(sweep_state.params)],
     seeds_params=[np.asarray(x).tolist() for x in jax.tree.leaves(seeds_state.params)],
     seeds_rewards=[[r[f"reward_seed{a}"] for a in range(3)] for r in rows],
@@ -99,19 +80,14 @@ def test_four_devices_give_every_agent_the_one_device_numbers(one_and_four):
   # Equal to float32 rounding, not bit for bit: XLA lays out a vmap over 2
   # agents (or 1) otherwise than one over 6 (measured: at most ~7e-8 apart,
   # parameters of ~1e-2). The sampled episodes, and so the rewards, are the same.
-  for key in ("sweep_params", "seeds_params", "episodic_params", "lm_params"):
+  for key in ("sweep_params", "seeds_params"):
     for a, b in zip(one[key], four[key]):
       np.testing.assert_allclose(np.array(b), np.array(a), rtol=1e-5, atol=1e-6)
   assert four["seeds_rewards"] == one["seeds_rewards"]
-  np.testing.assert_allclose(four["episodic_eval"], one["episodic_eval"], rtol=1e-5)
-  np.testing.assert_allclose(four["lm_valid_ppl"], one["lm_valid_ppl"], rtol=1e-5)
-  assert len(one["episodic_eval"]) == 1 and len(one["lm_valid_ppl"]) == 3  # per seed
   assert len(four["seeds_rewards"]) == 2  # the resumed half
   assert "6 agents on 1 device (1 process)" in one_log
   assert "6 agents on 4 devices (1 process, 2 per device, 2 padding)" in four_log
-  assert (
-    four_log.count("3 agents on 3 devices (1 process, 1 per device)") == 4
-  )  # a2c (run, resume), episodic, LM
+  assert four_log.count("3 agents on 3 devices (1 process, 1 per device)") == 2  # run and resume
 
 
 def test_over_agents_pads_an_odd_agent_count_and_drops_the_padding():
