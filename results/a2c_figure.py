@@ -29,7 +29,7 @@ import json
 import os
 
 import numpy as np
-from scipy import stats
+import summary  # results/summary.py: the results scripts' folder is on sys.path
 
 EVERY = 100
 
@@ -60,12 +60,12 @@ def collect(workdir: str, folder: str) -> list[str]:
     and len(columns) == 1
   )
   os.makedirs(os.path.join(folder, "metrics"), exist_ok=True)
+  blocks = [rows[i : i + EVERY] for i in range(0, len(rows) - EVERY + 1, EVERY)]
   paths = []
   for column in columns:
     seed = int(config["seed"]) + int(column[len("reward_seed") :])
     name = f"{config['network']}_{config.get('baseline', 'own')}_seed{seed}.csv"
     path = os.path.join(folder, "metrics", name)
-    blocks = [rows[i : i + EVERY] for i in range(0, len(rows) - EVERY + 1, EVERY)]
     if os.path.exists(path) and len(read_agent(path)[0]) > len(blocks):
       continue  # keep the longer copy
     with open(path, "w", newline="") as f:
@@ -106,30 +106,14 @@ def load_groups(
   return groups
 
 
-def stack(agents: list, length: int | None = None) -> np.ndarray:
-  """[agents, points] rewards, NaN past an agent's end."""
-  length = length or max(len(a[2]) for a in agents)
-  out = np.full((len(agents), length), np.nan)
-  for i, (_, _, reward, _) in enumerate(agents):
-    out[i, : min(len(reward), length)] = reward[:length]
-  return out
-
-
 def window_means(agents: list, window: int) -> np.ndarray:
   """[agents, windows] mean reward per window of `window` iterations; the
   windows run to the longest agent's last complete one, NaN where an agent
   stopped before a window's end. Rows are 100 iterations apart from 0."""
   per = window // EVERY
-  rewards = stack(agents)
+  rewards = summary.pad([a[2] for a in agents])
   count = rewards.shape[1] // per
   return rewards[:, : count * per].reshape(len(agents), count, per).mean(axis=2)
-
-
-def rank_sum(a: np.ndarray, b: np.ndarray) -> float:
-  a, b = a[~np.isnan(a)], b[~np.isnan(b)]
-  if len(a) < 2 or len(b) < 2:
-    return float("nan")
-  return float(stats.mannwhitneyu(a, b, alternative="two-sided", method="exact").pvalue)
 
 
 def table(groups: dict, window: int, pairs: list[tuple[str, str]]) -> str:
@@ -153,7 +137,7 @@ def table(groups: dict, window: int, pairs: list[tuple[str, str]]) -> str:
       cells.append(f"{np.median(col):.2f} ({len(col)})" if len(col) else "-")
     for a, b in pairs:
       get = lambda g: means[g][:, w] if w < means[g].shape[1] else np.array([])  # noqa: E731
-      p = rank_sum(get(a), get(b))
+      p = summary.rank_sum(get(a), get(b))
       cells.append("-" if np.isnan(p) else f"{p:.3f}")
     lines.append(f"| {w * window}-{(w + 1) * window - 1} | " + " | ".join(cells) + " |")
   return "\n".join(lines) + "\n"
@@ -167,7 +151,7 @@ def figure(groups: dict, path: str, title: str) -> None:
   fig = Figure(figsize=(8, 6 if has_m else 4.5))
   axes = fig.subplots(2 if has_m else 1, 1, sharex=True, squeeze=False)[:, 0]
   for i, (group, agents) in enumerate(sorted(groups.items())):
-    rewards = stack(agents)
+    rewards = summary.pad([a[2] for a in agents])
     it = max((a[1] for a in agents), key=len)
     with np.errstate(all="ignore"):
       median = np.nanmedian(rewards, axis=0)

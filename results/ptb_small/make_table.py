@@ -37,9 +37,13 @@ import json
 import math
 import os
 import shutil
+import sys
 
 import numpy as np
 from scipy import stats
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import summary  # noqa: E402  pylint: disable=g-import-not-at-top  (results/summary.py)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RUNS = os.path.join(HERE, "runs")
@@ -61,19 +65,18 @@ def setting_of(train: dict) -> tuple:
   return tuple(type(d)(train[f]) for f, d in zip(GRID_FIELDS, DEFAULT_SETTING))
 
 
+def changed(setting: tuple) -> list[tuple[str, float]]:
+  """(short name, value) of each grid field that differs from the defaults."""
+  return [(SHORT[f], v) for f, v, d in zip(GRID_FIELDS, setting, DEFAULT_SETTING) if v != d]
+
+
 def setting_label(setting: tuple) -> str:
   """ "default" or what differs from it, e.g. "l2 1e-05"."""
-  changed = [
-    f"{SHORT[f]} {v:g}" for f, v, d in zip(GRID_FIELDS, setting, DEFAULT_SETTING) if v != d
-  ]
-  return ", ".join(changed) or "default"
+  return ", ".join(f"{name} {v:g}" for name, v in changed(setting)) or "default"
 
 
 def folder_name(network: str, setting: tuple, seed: int) -> str:
-  changed = "".join(
-    f"_{SHORT[f]}_{v:g}" for f, v, d in zip(GRID_FIELDS, setting, DEFAULT_SETTING) if v != d
-  )
-  return f"{network}{changed}_seed{seed}"
+  return network + "".join(f"_{name}_{v:g}" for name, v in changed(setting)) + f"_seed{seed}"
 
 
 def collect(workdir: str) -> str:
@@ -155,10 +158,8 @@ def interval(values: np.ndarray) -> str:
 
 
 def rank_sum(a: np.ndarray, b: np.ndarray) -> str:
-  if len(a) < 2 or len(b) < 2:
-    return "n/a (fewer than 2 seeds)"
-  p = stats.mannwhitneyu(a, b, alternative="two-sided", method="exact").pvalue
-  return f"{p:.3f} (n = {len(a)} vs {len(b)})"
+  p = summary.rank_sum(a, b)
+  return "n/a (fewer than 2 seeds)" if np.isnan(p) else f"{p:.3f} (n = {len(a)} vs {len(b)})"
 
 
 def choose(entries: list[dict]) -> dict:
@@ -257,11 +258,8 @@ def figure(entries: list[dict], chosen: dict, path: str) -> None:
     curves = [e["valid"] for e in at_chosen(entries, chosen, network) if e["valid"]]
     if not curves:
       continue
-    length = max(len(c) for c in curves)
-    padded = np.full((len(curves), length), np.nan)
-    for i, c in enumerate(curves):
-      padded[i, : len(c)] = c
-    epochs = np.arange(1, length + 1)
+    padded = summary.pad(curves)
+    epochs = np.arange(1, padded.shape[1] + 1)
     median = np.nanmedian(padded, axis=0)
     ax.plot(epochs, median, marker="o", ms=3, label=f"{LABELS[network]} ({len(curves)} seeds)")
     ax.fill_between(epochs, np.nanmin(padded, axis=0), np.nanmax(padded, axis=0), alpha=0.2)

@@ -1,0 +1,24 @@
+"""Statistics over seeds shared by the results scripts (a2c_figure.py,
+ptb_small/make_table.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import stats
+
+
+def pad(curves: list) -> np.ndarray:
+  """[curves, longest] float array of the curves, NaN past each one's end."""
+  out = np.full((len(curves), max(len(c) for c in curves)), np.nan)
+  for i, c in enumerate(curves):
+    out[i, : len(c)] = c
+  return out
+
+
+def rank_sum(a: np.ndarray, b: np.ndarray) -> float:
+  """Two-sided Wilcoxon rank-sum p (exact, as Mann-Whitney U) of the non-NaN
+  values; NaN with fewer than 2 on a side."""
+  a, b = a[~np.isnan(a)], b[~np.isnan(b)]
+  if len(a) < 2 or len(b) < 2:
+    return float("nan")
+  return float(stats.mannwhitneyu(a, b, alternative="two-sided", method="exact").pvalue)
