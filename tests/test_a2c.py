@@ -13,7 +13,7 @@ from absl import flags
 
 from bpm_jax import fused_step, xla
 from tests.a2c_tiny import TINY
-from train import a2c, a2c_learner, a2c_train
+from train import a2c, a2c_learner, a2c_train, evaluate
 from train import a2c_loss as losses
 from train import checkpoint as checkpoint_lib
 from train import inspect as agent_inspect
@@ -313,6 +313,20 @@ def test_smoke_run_writes_all_outputs(tmp_path, env, network):
     assert set(written) == {"modulation", "gif"}
     assert (tmp_path / "m.png").stat().st_size > 0
     assert (tmp_path / "episode.gif").read_bytes()[:3] == b"GIF"
+    # An exported agent, with m(t) around the rewards of fresh episodes.
+    agent = evaluate.export_agent(str(tmp_path), 0, str(tmp_path / "agent"))
+    out = tmp_path / "agent_m.png"
+    written = agent_inspect.inspect_workdir(agent, str(out), episodes=6)
+    assert set(written) == {"modulation", "gif", "around_reward", "around_reward_json"}
+    summary = json.loads((tmp_path / "agent_m_around_reward.json").read_text())
+    _, modulation, reward = agent_inspect.record_modulation(agent, 6)
+    assert modulation.shape == (config.episode_length, 6, 1)
+    lags = len(summary["lags"])
+    inside = reward[3 : config.episode_length - 8]  # Events with a whole window.
+    assert summary["negative"]["events"] == int(np.sum(inside < 0))
+    assert summary["positive"]["events"] == int(np.sum(inside > 0))
+    if summary["negative"]["events"]:
+      assert np.asarray(summary["negative"]["median"]).shape == (1, lags)
 
 
 @pytest.fixture(scope="module")

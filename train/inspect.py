@@ -1,16 +1,25 @@
-"""Look inside a trained agent: m(t) and reward over one episode (Backpropamine Fig. 3).
+"""Look inside a trained agent: m(t) over an episode and around rewards (Backpropamine Fig. 3).
 
     python -m train.inspect --workdir runs/cue_modplast --out modulation.png
+    python -m train.inspect --workdir results/maze/modplast_seed0 --out m.png --episodes 300
 
-Loads the final checkpoint of the workdir, runs one episode with the agent of
-seed index `--seed_index` and plots the modulatory signal m(t) (one line per
-modulator) above the reward received at each step. In the cue-reward task the
-Go steps are marked; for the maze an `episode.gif` of the agent's path is also
-written next to `--out` (via `envs.render.save_maze_gif`).
+`--workdir` is a `train.a2c` workdir (its latest checkpoint, agent
+`--seed_index`) or an exported agent folder (`train.evaluate --export_to`).
+Writes:
+- `--out`: one episode's modulatory signal m(t) (one line per modulator)
+  above the reward received at each step. In the cue-reward task the Go steps
+  are marked; for the maze an `episode.gif` of the agent's path is also
+  written next to `--out` (via `envs.render.save_maze_gif`).
+- `<out>_around_reward.png` and `.json` (modulated networks, `--episodes` > 0):
+  m(t) aligned on the rewards of `--episodes` fresh episodes, median and
+  inter-quartile range over the events, separately for positive and negative
+  rewards. Lag 0 is the step whose action earned the reward; the agent sees
+  the reward in its input one step later (lag +1).
 """
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any, Optional
 
@@ -18,7 +27,7 @@ import jax
 import numpy as np
 
 from bpm_jax import xla
-from train import a2c_learner, a2c_train, sweep
+from train import a2c_learner, evaluate
 from train.a2c_config import A2CConfig
 
 # One recorded episode (batch element 0) as NumPy arrays. Keys: `modulation`
@@ -30,10 +39,10 @@ Episode = dict
 def run_episode(
   workdir: str, seed_index: int = 0, key: Optional[jax.Array] = None, step: Optional[int] = None
 ) -> tuple[A2CConfig, Any, Episode]:
-  """Restores a workdir's checkpoint and records one episode of one agent.
+  """Restores a workdir's checkpoint (or an exported agent) and records one episode of one agent.
 
   Args:
-    workdir: a `train.a2c` workdir.
+    workdir: a `train.a2c` workdir or an exported agent folder.
     seed_index: which of the run's `num_seeds` agents (of a `train.sweep`
       workdir: agent index `g*S + s`, run with setting g's hyperparameters).
     key: PRNG key of the episode (default `jax.random.key(1234)`).
@@ -42,18 +51,10 @@ def run_episode(
   Returns:
     (config, A2CSpec, Episode).
   """
-  config, state, _ = a2c_train.restore_state(workdir, step=step)
-  if not 0 <= seed_index < config.num_seeds:
-    raise ValueError(
-      f"seed_index={seed_index} is out of range: the run has {config.num_seeds} seed(s)."
-    )
+  config, params, hparams = _agent(workdir, seed_index, step)
   spec = a2c_learner.make_spec(config)
-  params = jax.tree.map(lambda x: x[seed_index], state.params)
   key = jax.random.key(1234) if key is None else key
-  rollout = jax.jit(lambda p, k, h: a2c_learner.rollout(spec, p, k, h, 1, record=True))
-  hparams = sweep.agent_hparams(config, workdir, seed_index)  # A sweep's own setting.
-  rollout = xla.compile(rollout, params, key, hparams, fast=config.fast_compile)
-  trajectory = jax.device_get(rollout(params, key, hparams))
+  trajectory = _rollout(spec, params, key, hparams, 1, record=True)
   first = lambda x: np.asarray(x)[:, 0]  # [T, B, ...] -> [T, ...]
   episode = Episode(
     modulation=first(trajectory.modulation),
@@ -65,6 +66,110 @@ def run_episode(
   if isinstance(trajectory.info, dict) and "is_go" in trajectory.info:
     episode["is_go"] = first(trajectory.info["is_go"]).astype(bool)
   return config, spec, episode
+
+
+def _agent(workdir: str, seed_index: int, step: Optional[int]) -> tuple[A2CConfig, Any, Any]:
+  """(config, params, hparams) of one agent (a sweep's agent: its own setting)."""
+  config, params, hparams, _ = evaluate.load_agents(workdir, step=step)
+  if not 0 <= seed_index < len(params):
+    raise ValueError(
+      f"seed_index={seed_index} is out of range: {workdir} holds {len(params)} agent(s)."
+    )
+  return config, params[seed_index], hparams[seed_index]
+
+
+def _rollout(spec, params, key, hparams, episodes: int, record: bool = False):
+  rollout = jax.jit(lambda p, k, h: a2c_learner.rollout(spec, p, k, h, episodes, record=record))
+  rollout = xla.compile(rollout, params, key, hparams, fast=spec.config.fast_compile)
+  return jax.device_get(rollout(params, key, hparams))
+
+
+def record_modulation(
+  workdir: str, episodes: int, seed_index: int = 0, seed: int = 0, step: Optional[int] = None
+) -> tuple[A2CConfig, np.ndarray, np.ndarray]:
+  """(config, modulation [T, N, K], reward [T, N]) of N fresh episodes of one agent."""
+  if episodes < 1:
+    raise ValueError(f"episodes={episodes}: record at least one episode.")
+  config, params, hparams = _agent(workdir, seed_index, step)
+  spec = a2c_learner.make_spec(config)
+  trajectory = _rollout(spec, params, jax.random.key(seed), hparams, episodes)
+  return config, np.asarray(trajectory.modulation), np.asarray(trajectory.reward)
+
+
+def reward_triggered(
+  modulation: np.ndarray, reward: np.ndarray, before: int = 3, after: int = 8
+) -> dict[str, Any]:
+  """m(t) in a window around every rewarded step, by the reward's sign.
+
+  Args:
+    modulation: [T, N, K] m(t) of N episodes.
+    reward: [T, N] the reward of each step's action.
+    before, after: the window is lags -before..+after around the step t with
+      a reward (events whose window leaves the episode are skipped).
+
+  Returns:
+    {"lags": [L] ints, "positive"/"negative": [events, L, K] arrays of m}.
+  """
+  steps = reward.shape[0]
+  lags = np.arange(-before, after + 1)
+  out = {"lags": lags}
+  for name, rewarded in (("positive", reward > 0), ("negative", reward < 0)):
+    t, n = np.nonzero(rewarded)
+    inside = (t - before >= 0) & (t + after < steps)
+    t, n = t[inside], n[inside]
+    windows = modulation[t[:, None] + lags[None, :], n[:, None]]  # [E, L, K]
+    out[name] = windows.reshape(len(t), len(lags), modulation.shape[-1])
+  return out
+
+
+def summarise_triggered(triggered: dict[str, Any]) -> dict[str, Any]:
+  """Median and quartiles over the events per lag and modulator (JSON-ready)."""
+  summary = {"lags": [int(v) for v in triggered["lags"]]}
+  for name in ("positive", "negative"):
+    windows = triggered[name]
+    entry = {"events": int(windows.shape[0])}
+    if windows.shape[0]:
+      q25, median, q75 = np.percentile(windows, [25, 50, 75], axis=0)  # [L, K]
+      entry.update(median=median.T.tolist(), q25=q25.T.tolist(), q75=q75.T.tolist())
+    summary[name] = entry
+  return summary
+
+
+def plot_reward_triggered(config: A2CConfig, summary: dict[str, Any], out: str) -> str:
+  """m(t) around positive and negative rewards, median and IQR per modulator."""
+  from matplotlib.backends.backend_agg import FigureCanvasAgg  # pylint: disable=g-import-not-at-top
+  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
+
+  lags = np.asarray(summary["lags"])
+  # One panel per reward sign that occurred (the maze has no negative reward
+  # without a wall penalty).
+  names = [n for n in ("positive", "negative") if summary[n]["events"]] or ["positive"]
+  fig = Figure(figsize=(max(6.0, 4.5 * len(names)), 3.8), dpi=120)
+  FigureCanvasAgg(fig)
+  axes = np.atleast_1d(fig.subplots(1, len(names), sharey=True, squeeze=False)[0])
+  for ax, name in zip(axes, names):
+    entry = summary[name]
+    if entry["events"]:
+      for k, (med, lo, hi) in enumerate(zip(entry["median"], entry["q25"], entry["q75"])):
+        label = f"m{k}" if len(entry["median"]) > 1 else "m"
+        ax.plot(lags, med, lw=1.5, label=label)
+        ax.fill_between(lags, lo, hi, alpha=0.25)
+      ax.legend(loc="best", fontsize=8)
+    ax.axvline(0.0, color="0.6", lw=0.8, ls="--")
+    ax.axvline(1.0, color="0.8", lw=0.8, ls=":")
+    ax.axhline(0.0, color="0.6", lw=0.8)
+    ax.set_title(f"{name} rewards ({entry['events']} events)", fontsize=9)
+    ax.set_xlabel("steps from the rewarded action")
+  axes[0].set_ylabel("m(t): median, IQR over events")
+  fig.suptitle(
+    f"{config.env}, {config.network}: m(t) around rewards\n"
+    "(dashed: the rewarded action; dotted: the reward reaches the input)",
+    fontsize=9,
+  )
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+  fig.savefig(out)
+  return out
 
 
 def plot_modulation(config: A2CConfig, episode: Episode, out: str) -> str:
@@ -106,9 +211,10 @@ def plot_modulation(config: A2CConfig, episode: Episode, out: str) -> str:
 
 
 def inspect_workdir(
-  workdir: str, out: str, seed_index: int = 0, gif: Optional[str] = None
+  workdir: str, out: str, seed_index: int = 0, gif: Optional[str] = None, episodes: int = 0
 ) -> dict[str, str]:
-  """Writes the modulation plot (and the maze GIF); returns {kind: path}."""
+  """Writes the modulation plot, the maze GIF and (`episodes` > 0, modulated
+  networks) m(t) around rewards, as a plot and JSON; returns {kind: path}."""
   config, spec, episode = run_episode(workdir, seed_index)
   written = {"modulation": plot_modulation(config, episode, out)}
   if config.env == "GridMaze-v0":
@@ -116,6 +222,14 @@ def inspect_workdir(
 
     gif = gif or os.path.join(os.path.dirname(os.path.abspath(out)), "episode.gif")
     written["gif"] = render.save_maze_gif(spec.env, episode["env_state"], gif)
+  if episodes > 0 and config.plasticity.is_modulated:
+    _, modulation, reward = record_modulation(workdir, episodes, seed_index)
+    summary = summarise_triggered(reward_triggered(modulation, reward))
+    stem = os.path.splitext(out)[0] + "_around_reward"
+    written["around_reward"] = plot_reward_triggered(config, summary, stem + ".png")
+    with open(stem + ".json", "w") as f:
+      json.dump(dict(summary, workdir=workdir, seed_index=seed_index, episodes=episodes), f)
+    written["around_reward_json"] = stem + ".json"
   return written
 
 
@@ -126,15 +240,21 @@ def main(argv):
   fv = flags.FLAGS
   if not fv["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # Orbax logs every restore at INFO.
-  for kind, path in inspect_workdir(fv.workdir, fv.out, fv.seed_index, fv.gif).items():
+  written = inspect_workdir(fv.workdir, fv.out, fv.seed_index, fv.gif, fv.episodes)
+  for kind, path in written.items():
     print(f"Wrote {kind}: {path}")
 
 
 if __name__ == "__main__":
   from absl import app, flags  # pylint: disable=g-import-not-at-top
 
-  flags.DEFINE_string("workdir", None, "A train.a2c workdir.", required=True)
+  flags.DEFINE_string(
+    "workdir", None, "A train.a2c workdir or an exported agent folder.", required=True
+  )
   flags.DEFINE_string("out", "modulation.png", "Output image.")
   flags.DEFINE_integer("seed_index", 0, "Which seed's agent.", lower_bound=0)
   flags.DEFINE_string("gif", None, "Maze GIF path (default: episode.gif next to --out).")
+  flags.DEFINE_integer(
+    "episodes", 200, "Fresh episodes for m(t) around rewards (0: skip).", lower_bound=0
+  )
   app.run(main)
