@@ -116,6 +116,13 @@ def episode_rewards(
   config: A2CConfig, params: Any, hparams: Any, episodes: int, seed: int, greedy: bool
 ) -> np.ndarray:
   """[episodes] reward per episode of one agent (batches of `config.batch_size`)."""
+  play = _compile_player(config, params, hparams, episodes, greedy)
+  return _rewards(play, params, hparams, episodes, seed)
+
+
+def _compile_player(config: A2CConfig, params: Any, hparams: Any, episodes: int, greedy: bool):
+  """The jitted `(params, key, hparams) -> [B]` rewards of B episodes, compiled
+  once for every agent of a run (same shapes; hparams are arguments)."""
   spec = a2c_learner.make_spec(config)
   batch = min(config.batch_size, episodes)
 
@@ -123,11 +130,16 @@ def episode_rewards(
     trajectory = a2c_learner.rollout(spec, p, key, h, batch, greedy=greedy)
     return jnp.sum(trajectory.reward, axis=0)  # [B]
 
+  return xla.compile(jax.jit(play), params, jax.random.key(0), hparams, fast=config.fast_compile)
+
+
+def _rewards(play, params: Any, hparams: Any, episodes: int, seed: int) -> np.ndarray:
   key = jax.random.key(seed)
-  compiled = xla.compile(jax.jit(play), params, key, hparams, fast=config.fast_compile)
-  rewards = []
-  for k in range(math.ceil(episodes / batch)):
-    rewards.append(np.asarray(compiled(params, jax.random.fold_in(key, k), hparams)))
+  first = np.asarray(play(params, jax.random.fold_in(key, 0), hparams))  # [B]
+  rewards = [first] + [
+    np.asarray(play(params, jax.random.fold_in(key, k), hparams))
+    for k in range(1, math.ceil(episodes / len(first)))
+  ]
   return np.concatenate(rewards)[:episodes]
 
 
@@ -138,9 +150,10 @@ def evaluate(
   if episodes < 1:
     raise ValueError(f"episodes={episodes} must be >= 1.")
   config, params, hparams, iteration = load_agents(workdir, step)
+  play = _compile_player(config, params[0], hparams[0], episodes, greedy)
   agents = []
   for a, (p, h) in enumerate(zip(params, hparams)):
-    r = episode_rewards(config, p, h, episodes, seed, greedy)
+    r = _rewards(play, p, h, episodes, seed)
     agents.append(
       dict(
         agent=a,
