@@ -319,7 +319,8 @@ def test_smoke_run_writes_all_outputs(tmp_path, env, network):
     written = agent_inspect.inspect_workdir(agent, str(out), episodes=6)
     assert set(written) == {"modulation", "gif", "around_reward", "around_reward_json"}
     summary = json.loads((tmp_path / "agent_m_around_reward.json").read_text())
-    _, modulation, reward = agent_inspect.record_modulation(agent, 6)
+    trajectory = agent_inspect.record_episodes(agent, 6)[2]  # The same key: the same episodes.
+    modulation, reward = trajectory.modulation, trajectory.reward
     assert modulation.shape == (config.episode_length, 6, 1)
     lags = len(summary["lags"])
     inside = reward[3 : config.episode_length - 8]  # Events with a whole window.

@@ -36,25 +36,38 @@ from train.a2c_config import A2CConfig
 Episode = dict
 
 
-def run_episode(
-  workdir: str, seed_index: int = 0, key: Optional[jax.Array] = None, step: Optional[int] = None
-) -> tuple[A2CConfig, Any, Episode]:
-  """Restores a workdir's checkpoint (or an exported agent) and records one episode of one agent.
+def record_episodes(
+  workdir: str,
+  episodes: int = 1,
+  seed_index: int = 0,
+  key: Optional[jax.Array] = None,
+  step: Optional[int] = None,
+) -> tuple[A2CConfig, Any, a2c_learner.Trajectory]:
+  """Restores a workdir's checkpoint (or an exported agent) and records fresh episodes of one agent.
 
   Args:
     workdir: a `train.a2c` workdir or an exported agent folder.
+    episodes: how many episodes (one batch).
     seed_index: which of the run's `num_seeds` agents (of a `train.sweep`
       workdir: agent index `g*S + s`, run with setting g's hyperparameters).
-    key: PRNG key of the episode (default `jax.random.key(1234)`).
+    key: PRNG key of the episodes (default `jax.random.key(1234)`).
     step: checkpoint iteration (default: the latest).
 
   Returns:
-    (config, A2CSpec, Episode).
+    (config, A2CSpec, Trajectory with env states and infos, leaves [T, N, ...]).
   """
+  if episodes < 1:
+    raise ValueError(f"episodes={episodes}: record at least one episode.")
   config, params, hparams = _agent(workdir, seed_index, step)
   spec = a2c_learner.make_spec(config)
   key = jax.random.key(1234) if key is None else key
-  trajectory = _rollout(spec, params, key, hparams, 1, record=True)
+  rollout = jax.jit(lambda p, k, h: a2c_learner.rollout(spec, p, k, h, episodes, record=True))
+  rollout = xla.compile(rollout, params, key, hparams, fast=config.fast_compile)
+  return config, spec, jax.device_get(rollout(params, key, hparams))
+
+
+def first_episode(trajectory: a2c_learner.Trajectory) -> Episode:
+  """Episode 0 of a recorded trajectory."""
   first = lambda x: np.asarray(x)[:, 0]  # [T, B, ...] -> [T, ...]
   episode = Episode(
     modulation=first(trajectory.modulation),
@@ -65,7 +78,15 @@ def run_episode(
   )
   if isinstance(trajectory.info, dict) and "is_go" in trajectory.info:
     episode["is_go"] = first(trajectory.info["is_go"]).astype(bool)
-  return config, spec, episode
+  return episode
+
+
+def run_episode(
+  workdir: str, seed_index: int = 0, key: Optional[jax.Array] = None, step: Optional[int] = None
+) -> tuple[A2CConfig, Any, Episode]:
+  """One recorded episode of one agent (`record_episodes`): (config, A2CSpec, Episode)."""
+  config, spec, trajectory = record_episodes(workdir, 1, seed_index, key, step)
+  return config, spec, first_episode(trajectory)
 
 
 def _agent(workdir: str, seed_index: int, step: Optional[int]) -> tuple[A2CConfig, Any, Any]:
@@ -76,24 +97,6 @@ def _agent(workdir: str, seed_index: int, step: Optional[int]) -> tuple[A2CConfi
       f"seed_index={seed_index} is out of range: {workdir} holds {len(params)} agent(s)."
     )
   return config, params[seed_index], hparams[seed_index]
-
-
-def _rollout(spec, params, key, hparams, episodes: int, record: bool = False):
-  rollout = jax.jit(lambda p, k, h: a2c_learner.rollout(spec, p, k, h, episodes, record=record))
-  rollout = xla.compile(rollout, params, key, hparams, fast=spec.config.fast_compile)
-  return jax.device_get(rollout(params, key, hparams))
-
-
-def record_modulation(
-  workdir: str, episodes: int, seed_index: int = 0, seed: int = 0, step: Optional[int] = None
-) -> tuple[A2CConfig, np.ndarray, np.ndarray]:
-  """(config, modulation [T, N, K], reward [T, N]) of N fresh episodes of one agent."""
-  if episodes < 1:
-    raise ValueError(f"episodes={episodes}: record at least one episode.")
-  config, params, hparams = _agent(workdir, seed_index, step)
-  spec = a2c_learner.make_spec(config)
-  trajectory = _rollout(spec, params, jax.random.key(seed), hparams, episodes)
-  return config, np.asarray(trajectory.modulation), np.asarray(trajectory.reward)
 
 
 def reward_triggered(
@@ -215,7 +218,8 @@ def inspect_workdir(
 ) -> dict[str, str]:
   """Writes the modulation plot, the maze GIF and (`episodes` > 0, modulated
   networks) m(t) around rewards, as a plot and JSON; returns {kind: path}."""
-  config, spec, episode = run_episode(workdir, seed_index)
+  config, spec, trajectory = record_episodes(workdir, max(episodes, 1), seed_index)
+  episode = first_episode(trajectory)
   written = {"modulation": plot_modulation(config, episode, out)}
   if config.env == "GridMaze-v0":
     from envs import render  # pylint: disable=g-import-not-at-top
@@ -223,8 +227,8 @@ def inspect_workdir(
     gif = gif or os.path.join(os.path.dirname(os.path.abspath(out)), "episode.gif")
     written["gif"] = render.save_maze_gif(spec.env, episode["env_state"], gif)
   if episodes > 0 and config.plasticity.is_modulated:
-    _, modulation, reward = record_modulation(workdir, episodes, seed_index)
-    summary = summarise_triggered(reward_triggered(modulation, reward))
+    triggered = reward_triggered(np.asarray(trajectory.modulation), np.asarray(trajectory.reward))
+    summary = summarise_triggered(triggered)
     stem = os.path.splitext(out)[0] + "_around_reward"
     written["around_reward"] = plot_reward_triggered(config, summary, stem + ".png")
     with open(stem + ".json", "w") as f:
