@@ -319,6 +319,7 @@ def test_smoke_run_writes_all_outputs(tmp_path, env, network):
     written = agent_inspect.inspect_workdir(agent, str(out), episodes=6)
     assert set(written) == {"modulation", "gif", "around_reward", "around_reward_json"}
     summary = json.loads((tmp_path / "agent_m_around_reward.json").read_text())
+    assert (summary["iteration"], summary["episodes"], summary["network"]) == (2, 6, "modplast")
     trajectory = agent_inspect.record_episodes(agent, 6)[2]  # The same key: the same episodes.
     modulation, reward = trajectory.modulation, trajectory.reward
     assert modulation.shape == (config.episode_length, 6, 1)

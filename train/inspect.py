@@ -42,7 +42,7 @@ def record_episodes(
   seed_index: int = 0,
   key: Optional[jax.Array] = None,
   step: Optional[int] = None,
-) -> tuple[A2CConfig, Any, a2c_learner.Trajectory]:
+) -> tuple[A2CConfig, Any, a2c_learner.Trajectory, int]:
   """Restores a workdir's checkpoint (or an exported agent) and records fresh episodes of one agent.
 
   Args:
@@ -54,16 +54,17 @@ def record_episodes(
     step: checkpoint iteration (default: the latest).
 
   Returns:
-    (config, A2CSpec, Trajectory with env states and infos, leaves [T, N, ...]).
+    (config, A2CSpec, Trajectory with env states and infos (leaves [T, N, ...]),
+    the checkpoint's iteration).
   """
   if episodes < 1:
     raise ValueError(f"episodes={episodes}: record at least one episode.")
-  config, params, hparams = _agent(workdir, seed_index, step)
+  config, params, hparams, iteration = _agent(workdir, seed_index, step)
   spec = a2c_learner.make_spec(config)
   key = jax.random.key(1234) if key is None else key
   rollout = jax.jit(lambda p, k, h: a2c_learner.rollout(spec, p, k, h, episodes, record=True))
   rollout = xla.compile(rollout, params, key, hparams, fast=config.fast_compile)
-  return config, spec, jax.device_get(rollout(params, key, hparams))
+  return config, spec, jax.device_get(rollout(params, key, hparams)), iteration
 
 
 def first_episode(trajectory: a2c_learner.Trajectory) -> Episode:
@@ -85,18 +86,18 @@ def run_episode(
   workdir: str, seed_index: int = 0, key: Optional[jax.Array] = None, step: Optional[int] = None
 ) -> tuple[A2CConfig, Any, Episode]:
   """One recorded episode of one agent (`record_episodes`): (config, A2CSpec, Episode)."""
-  config, spec, trajectory = record_episodes(workdir, 1, seed_index, key, step)
+  config, spec, trajectory, _ = record_episodes(workdir, 1, seed_index, key, step)
   return config, spec, first_episode(trajectory)
 
 
-def _agent(workdir: str, seed_index: int, step: Optional[int]) -> tuple[A2CConfig, Any, Any]:
-  """(config, params, hparams) of one agent (a sweep's agent: its own setting)."""
-  config, params, hparams, _ = evaluate.load_agents(workdir, step=step)
+def _agent(workdir: str, seed_index: int, step: Optional[int]) -> tuple[A2CConfig, Any, Any, int]:
+  """(config, params, hparams, iteration) of one agent (a sweep's agent: its own setting)."""
+  config, params, hparams, iteration = evaluate.load_agents(workdir, step=step)
   if not 0 <= seed_index < len(params):
     raise ValueError(
       f"seed_index={seed_index} is out of range: {workdir} holds {len(params)} agent(s)."
     )
-  return config, params[seed_index], hparams[seed_index]
+  return config, params[seed_index], hparams[seed_index], iteration
 
 
 def reward_triggered(
@@ -218,7 +219,7 @@ def inspect_workdir(
 ) -> dict[str, str]:
   """Writes the modulation plot, the maze GIF and (`episodes` > 0, modulated
   networks) m(t) around rewards, as a plot and JSON; returns {kind: path}."""
-  config, spec, trajectory = record_episodes(workdir, max(episodes, 1), seed_index)
+  config, spec, trajectory, iteration = record_episodes(workdir, max(episodes, 1), seed_index)
   episode = first_episode(trajectory)
   written = {"modulation": plot_modulation(config, episode, out)}
   if config.env == "GridMaze-v0":
@@ -232,7 +233,18 @@ def inspect_workdir(
     stem = os.path.splitext(out)[0] + "_around_reward"
     written["around_reward"] = plot_reward_triggered(config, summary, stem + ".png")
     with open(stem + ".json", "w") as f:
-      json.dump(dict(summary, workdir=workdir, seed_index=seed_index, episodes=episodes), f)
+      json.dump(
+        dict(
+          summary,
+          workdir=workdir,
+          iteration=iteration,
+          seed_index=seed_index,
+          episodes=episodes,
+          env=config.env,
+          network=config.network,
+        ),
+        f,
+      )
     written["around_reward_json"] = stem + ".json"
   return written
 
