@@ -3,8 +3,8 @@
     python -m train.inspect --workdir runs/cue_modplast --out modulation.png
     python -m train.inspect --workdir results/maze/modplast_seed0 --out m.png --episodes 300
 
-`--workdir` is a `train.a2c` workdir (its latest checkpoint, agent
-`--seed_index`) or an exported agent folder (`train.evaluate --export_to`).
+`--workdir` is a `train.a2c` workdir (its latest checkpoint or `--step`,
+agent `--seed_index`) or an exported agent folder (`train.evaluate --export_to`).
 Writes:
 - `--out`: one episode's modulatory signal m(t) (one line per modulator)
   above the reward received at each step. In the cue-reward task the Go steps
@@ -215,11 +215,18 @@ def plot_modulation(config: A2CConfig, episode: Episode, out: str) -> str:
 
 
 def inspect_workdir(
-  workdir: str, out: str, seed_index: int = 0, gif: Optional[str] = None, episodes: int = 0
+  workdir: str,
+  out: str,
+  seed_index: int = 0,
+  gif: Optional[str] = None,
+  episodes: int = 0,
+  step: Optional[int] = None,
 ) -> dict[str, str]:
   """Writes the modulation plot, the maze GIF and (`episodes` > 0, modulated
   networks) m(t) around rewards, as a plot and JSON; returns {kind: path}."""
-  config, spec, trajectory, iteration = record_episodes(workdir, max(episodes, 1), seed_index)
+  config, spec, trajectory, iteration = record_episodes(
+    workdir, max(episodes, 1), seed_index, step=step
+  )
   episode = first_episode(trajectory)
   written = {"modulation": plot_modulation(config, episode, out)}
   if config.env == "GridMaze-v0":
@@ -256,7 +263,7 @@ def main(argv):
   fv = flags.FLAGS
   if not fv["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # Orbax logs every restore at INFO.
-  written = inspect_workdir(fv.workdir, fv.out, fv.seed_index, fv.gif, fv.episodes)
+  written = inspect_workdir(fv.workdir, fv.out, fv.seed_index, fv.gif, fv.episodes, fv.step)
   for kind, path in written.items():
     print(f"Wrote {kind}: {path}")
 
@@ -269,6 +276,7 @@ if __name__ == "__main__":
   )
   flags.DEFINE_string("out", "modulation.png", "Output image.")
   flags.DEFINE_integer("seed_index", 0, "Which seed's agent.", lower_bound=0)
+  flags.DEFINE_integer("step", None, "Checkpoint iteration (default: the latest).")
   flags.DEFINE_string("gif", None, "Maze GIF path (default: episode.gif next to --out).")
   flags.DEFINE_integer(
     "episodes", 200, "Fresh episodes for m(t) around rewards (0: skip).", lower_bound=0
