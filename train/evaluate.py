@@ -117,7 +117,7 @@ def episode_rewards(
 ) -> np.ndarray:
   """[episodes] reward per episode of one agent (batches of `config.batch_size`)."""
   play = _compile_player(config, params, hparams, episodes, greedy)
-  return _rewards(play, params, hparams, episodes, seed)
+  return _rewards(play, params, hparams, episodes, seed, min(config.batch_size, episodes))
 
 
 def _compile_player(config: A2CConfig, params: Any, hparams: Any, episodes: int, greedy: bool):
@@ -133,13 +133,12 @@ def _compile_player(config: A2CConfig, params: Any, hparams: Any, episodes: int,
   return xla.compile(jax.jit(play), params, jax.random.key(0), hparams, fast=config.fast_compile)
 
 
-def _rewards(play, params: Any, hparams: Any, episodes: int, seed: int) -> np.ndarray:
+def _rewards(play, params: Any, hparams: Any, episodes: int, seed: int, batch: int) -> np.ndarray:
+  """[episodes] rewards from `play` (batches of `batch` episodes, keys from `seed`)."""
   key = jax.random.key(seed)
-  first = np.asarray(play(params, jax.random.fold_in(key, 0), hparams))  # [B]
-  rewards = [first] + [
-    np.asarray(play(params, jax.random.fold_in(key, k), hparams))
-    for k in range(1, math.ceil(episodes / len(first)))
-  ]
+  rewards = []
+  for k in range(math.ceil(episodes / batch)):
+    rewards.append(np.asarray(play(params, jax.random.fold_in(key, k), hparams)))
   return np.concatenate(rewards)[:episodes]
 
 
@@ -153,7 +152,7 @@ def evaluate(
   play = _compile_player(config, params[0], hparams[0], episodes, greedy)
   agents = []
   for a, (p, h) in enumerate(zip(params, hparams)):
-    r = _rewards(play, p, h, episodes, seed)
+    r = _rewards(play, p, h, episodes, seed, min(config.batch_size, episodes))
     agents.append(
       dict(
         agent=a,

@@ -57,14 +57,20 @@ def record_episodes(
     (config, A2CSpec, Trajectory with env states and infos (leaves [T, N, ...]),
     the checkpoint's iteration).
   """
+  config, params, hparams, iteration = _agent(workdir, seed_index, step)
+  spec, trajectory = _record(config, params, hparams, episodes, key)
+  return config, spec, trajectory, iteration
+
+
+def _record(config: A2CConfig, params, hparams, episodes: int, key: Optional[jax.Array]):
+  """(A2CSpec, recorded Trajectory) of `episodes` fresh episodes of one agent."""
   if episodes < 1:
     raise ValueError(f"episodes={episodes}: record at least one episode.")
-  config, params, hparams, iteration = _agent(workdir, seed_index, step)
   spec = a2c_learner.make_spec(config)
   key = jax.random.key(1234) if key is None else key
   rollout = jax.jit(lambda p, k, h: a2c_learner.rollout(spec, p, k, h, episodes, record=True))
   rollout = xla.compile(rollout, params, key, hparams, fast=config.fast_compile)
-  return config, spec, jax.device_get(rollout(params, key, hparams)), iteration
+  return spec, jax.device_get(rollout(params, key, hparams))
 
 
 def first_episode(trajectory: a2c_learner.Trajectory) -> Episode:
@@ -150,7 +156,7 @@ def plot_reward_triggered(config: A2CConfig, summary: dict[str, Any], out: str) 
   names = [n for n in ("positive", "negative") if summary[n]["events"]] or ["positive"]
   fig = Figure(figsize=(max(6.0, 4.5 * len(names)), 3.8), dpi=120)
   FigureCanvasAgg(fig)
-  axes = np.atleast_1d(fig.subplots(1, len(names), sharey=True, squeeze=False)[0])
+  axes = fig.subplots(1, len(names), sharey=True, squeeze=False)[0]
   for ax, name in zip(axes, names):
     entry = summary[name]
     if entry["events"]:
@@ -224,9 +230,11 @@ def inspect_workdir(
 ) -> dict[str, str]:
   """Writes the modulation plot, the maze GIF and (`episodes` > 0, modulated
   networks) m(t) around rewards, as a plot and JSON; returns {kind: path}."""
-  config, spec, trajectory, iteration = record_episodes(
-    workdir, max(episodes, 1), seed_index, step=step
-  )
+  config, params, hparams, iteration = _agent(workdir, seed_index, step)
+  # Many episodes only where they are used (m(t) around rewards); the plot
+  # and the GIF show episode 0.
+  around = episodes > 0 and config.plasticity.is_modulated
+  spec, trajectory = _record(config, params, hparams, episodes if around else 1, None)
   episode = first_episode(trajectory)
   written = {"modulation": plot_modulation(config, episode, out)}
   if config.env == "GridMaze-v0":
@@ -234,7 +242,7 @@ def inspect_workdir(
 
     gif = gif or os.path.join(os.path.dirname(os.path.abspath(out)), "episode.gif")
     written["gif"] = render.save_maze_gif(spec.env, episode["env_state"], gif)
-  if episodes > 0 and config.plasticity.is_modulated:
+  if around:
     triggered = reward_triggered(np.asarray(trajectory.modulation), np.asarray(trajectory.reward))
     summary = summarise_triggered(triggered)
     stem = os.path.splitext(out)[0] + "_around_reward"
