@@ -300,6 +300,23 @@ def replay(
   return trajectory.replace(**policy_terms(logits, trajectory.action), value=value, modulation=m)
 
 
+def differentiable_rollout(
+  spec: A2CSpec, params: PyTree, key: Array, hparams: A2CHParams, batch_size: Optional[int] = None
+) -> Trajectory:
+  """The episodes of one iteration, differentiable w.r.t. `params` (what `loss` differentiates).
+
+  With `replays_rollout(spec)` the agent acts without gradients and one
+  replay of the recorded episodes carries them; otherwise the rollout itself.
+  """
+  batch_size = spec.config.batch_size if batch_size is None else batch_size
+  if replays_rollout(spec):
+    trajectory = rollout(
+      spec, jax.lax.stop_gradient(params), key, hparams, batch_size, for_replay=True
+    )
+    return replay(spec, params, trajectory, hparams)
+  return rollout(spec, params, key, hparams, batch_size)
+
+
 def loss(
   spec: A2CSpec, params: PyTree, key: Array, hparams: A2CHParams, batch_size: Optional[int] = None
 ) -> tuple[Array, tuple[dict, Trajectory]]:
@@ -312,15 +329,7 @@ def loss(
     (loss [], (metrics {loss terms, reward, modulation_abs}, Trajectory)).
   """
   config = spec.config
-  batch_size = config.batch_size if batch_size is None else batch_size
-  if replays_rollout(spec):
-    # Act without gradients, then differentiate one replay of the episode.
-    trajectory = rollout(
-      spec, jax.lax.stop_gradient(params), key, hparams, batch_size, for_replay=True
-    )
-    trajectory = replay(spec, params, trajectory, hparams)
-  else:
-    trajectory = rollout(spec, params, key, hparams, batch_size)
+  trajectory = differentiable_rollout(spec, params, key, hparams, batch_size)
   terms = a2c_loss(
     trajectory.log_prob,
     trajectory.value,
