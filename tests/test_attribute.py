@@ -1,5 +1,6 @@
 """train.attribute: the drift of mean |m(t)| split by A2C loss term."""
 
+import importlib.util
 import json
 import os
 
@@ -104,6 +105,7 @@ def test_drift_shares_match_a_loop():
     )
     assert got["modulator"][b] == pytest.approx(modulator)
     assert got["rest"][b] == pytest.approx(rest)
+    assert got["all"][b] == pytest.approx(modulator + rest)
 
 
 def test_attribute_workdir_and_its_table(workdir):
@@ -111,7 +113,7 @@ def test_attribute_workdir_and_its_table(workdir):
   assert result["iteration"] == 4 and result["run_baseline"] == "batch0"
   drift = result["drift"]
   for baseline in BASELINES:
-    for where in ("modulator", "rest"):
+    for where in ("modulator", "rest", "all"):
       total = sum(drift[f"{baseline}/{t}/{where}"]["mean"] for t in attribute_lib.TERMS)
       assert drift[f"{baseline}/total/{where}"]["mean"] == pytest.approx(total, rel=1e-6, abs=1e-12)
   table = attribute_lib.format_table(result)
@@ -132,3 +134,26 @@ def test_bad_input_names_the_problem(workdir, tmp_path):
   (tmp_path / "config.json").write_text(json.dumps(dict(saved, network="rnn")))
   with pytest.raises(ValueError, match="no modulation"):
     attribute_lib.load(str(tmp_path))
+
+
+def test_results_script_writes_json_table_and_figure(workdir, tmp_path, monkeypatch):
+  path = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    "results",
+    "cue_reward",
+    "attribution.py",
+  )
+  spec = importlib.util.spec_from_file_location("cue_reward_attribution", path)
+  script = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(script)
+  monkeypatch.setattr(script, "OUT", str(tmp_path / "attribution"))
+  script.run_points(workdir, ["init", "4"], [0], batches=2)
+  results = script.load()
+  assert sorted(r["file"] for r in results) == ["run_agent0_4.json", "run_agent0_init.json"]
+  assert {r["workdir"] for r in results} == {"run"}  # the folder's name, not the machine's path
+  rows = [row for row in script.table(results).splitlines() if row.startswith("| run | 0 |")]
+  assert len(rows) == 4 and sum("own*" in row for row in rows) == 2
+  value = results[0]["drift"]["own/value/all"]["mean"]
+  assert f"{script.PER * value:+.4f}" in "\n".join(rows)
+  script.figure(results, str(tmp_path / "attribution.png"))
+  assert os.path.getsize(tmp_path / "attribution.png") > 0

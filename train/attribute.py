@@ -143,7 +143,7 @@ def drift_shares(
     mask: `modulator_mask`.
 
   Returns:
-    {"modulator": [batches], "rest": [batches]}.
+    {"modulator": [batches], "rest": [batches], "all": their sum}.
   """
   out = {"modulator": [], "rest": []}
   for g in term_grads:
@@ -152,7 +152,8 @@ def drift_shares(
       out[where].append(
         sum(x for x, m in zip(jax.tree.leaves(dots), jax.tree.leaves(mask)) if m == select)
       )
-  return {k: np.asarray(v) for k, v in out.items()}
+  out = {k: np.asarray(v) for k, v in out.items()}
+  return dict(out, all=out["modulator"] + out["rest"])
 
 
 def load(
@@ -220,7 +221,9 @@ def attribute_workdir(
       term: drift_shares(grad_m, gs, d, float(hparams.learning_rate), mask)
       for term, gs in grads.items()
     }
-    per_batch["total"] = {w: sum(per_batch[t][w] for t in TERMS) for w in ("modulator", "rest")}
+    per_batch["total"] = {
+      w: sum(per_batch[t][w] for t in TERMS) for w in ("modulator", "rest", "all")
+    }
     for part, by_where in per_batch.items():
       for where, x in by_where.items():
         shares[f"{baseline}/{part}/{where}"] = {
@@ -257,7 +260,7 @@ def format_table(result: dict[str, Any]) -> str:
     f"{result['batches']} batches of {result['episodes_per_batch']} episodes; "
     f"D: {result['denominator']}.",
     "Drift of mean |m(t)| per iteration caused by each loss term, 1e-6 (mean +- s.e.):",
-    f"{'baseline':<10}{'term':<15}{'modulator':>20}{'rest':>20}{'|g|':>10}",
+    f"{'baseline':<10}{'term':<15}{'modulator':>20}{'rest':>20}{'all':>20}{'|g|':>10}",
   ]
   for baseline in BASELINES:
     tag = baseline if baseline == result["run_baseline"] else f"{baseline}*"
@@ -265,11 +268,13 @@ def format_table(result: dict[str, Any]) -> str:
       cells = [
         f"{1e6 * s[f'{baseline}/{part}/{w}']['mean']:+9.3f} +- "
         f"{1e6 * s[f'{baseline}/{part}/{w}']['sem']:7.3f}"
-        for w in ("modulator", "rest")
+        for w in ("modulator", "rest", "all")
       ]
       norm = result["grad_norm"].get(f"{baseline}/{part}")
       lines.append(
-        f"{tag:<10}{part:<15}{cells[0]:>20}{cells[1]:>20}" + (f"{norm:>10.4f}" if norm else "")
+        f"{tag:<10}{part:<15}"
+        + "".join(f"{c:>20}" for c in cells)
+        + (f"{norm:>10.4f}" if norm else "")
       )
   lines.append("* the other baseline: the same agent and D, that baseline's loss.")
   return "\n".join(lines)

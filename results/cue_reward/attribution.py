@@ -1,0 +1,142 @@
+"""Which loss term drives |m(t)| up: `train.attribute` over a run's checkpoints, and its figure.
+
+    python results/cue_reward/attribution.py --workdir ~/bpm_runs/cue_modplast_own_3seeds \
+        --points init,250,500,750,1000 --agents 0,1,2
+    python results/cue_reward/attribution.py          # figure and table from attribution/*.json
+
+Every (agent, point) writes attribution/<run>_agent<k>_<point>.json
+(`train.attribute.attribute_workdir`: the drift of mean |m| per iteration
+caused by the policy, concentration and value terms, for the run's baseline
+and the other one). From all the JSON files here it writes attribution.png
+(drift of |m| per 1000 iterations by term and baseline, against the
+iteration; median and range over agents) and attribution.md (every file's
+numbers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import sys
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+OUT = os.path.join(HERE, "attribution")
+sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
+PER = 1000  # The figure's unit: drift of |m| per this many iterations.
+TERMS = ("policy", "concentration", "value", "total")
+BASELINES = ("batch0", "own")
+
+
+def run_points(workdir: str, points: list[str], agents: list[int], batches: int) -> None:
+  from train import attribute  # pylint: disable=g-import-not-at-top
+
+  os.makedirs(OUT, exist_ok=True)
+  name = os.path.basename(os.path.normpath(workdir))
+  for point in points:
+    for agent in agents:
+      at_init = point == "init"
+      result = attribute.attribute_workdir(
+        workdir, agent, None if at_init else int(point), at_init, batches
+      )
+      result["workdir"] = name  # Not the machine's path.
+      path = os.path.join(OUT, f"{name}_agent{agent}_{point}.json")
+      with open(path, "w") as f:
+        f.write(json.dumps(result, indent=2) + "\n")
+      print(attribute.format_table(result), flush=True)
+      print(f"wrote {os.path.relpath(path, HERE)}", flush=True)
+
+
+def load() -> list[dict]:
+  results = []
+  for path in sorted(glob.glob(os.path.join(OUT, "*.json"))):
+    with open(path) as f:
+      results.append(dict(json.load(f), file=os.path.basename(path)))
+  return results
+
+
+def table(results: list[dict]) -> str:
+  lines = [
+    "# Drift of mean |m(t)| per 1000 iterations, by loss term (train.attribute)",
+    "",
+    "Mean +- s.e. over the batches; `*`: the other baseline than the run's "
+    "(same agent and Adam denominators). Modulator and rest together.",
+    "",
+    "| run | agent | iteration | mean abs m | baseline | " + " | ".join(TERMS) + " |",
+    "|---|---|---|---|---|" + "---|" * len(TERMS),
+  ]
+  for r in sorted(results, key=lambda r: (r["workdir"], r["seed_index"], r["iteration"])):
+    for baseline in BASELINES:
+      tag = baseline if baseline == r["run_baseline"] else f"{baseline}*"
+      cells = []
+      for term in TERMS:
+        d = r["drift"][f"{baseline}/{term}/all"]
+        cells.append(f"{PER * d['mean']:+.4f} +- {PER * d['sem']:.4f}")
+      point = "init" if r["at_init"] else str(r["iteration"])
+      lines.append(
+        f"| {r['workdir']} | {r['seed_index']} | {point} | {r['m_abs']:.3f} | {tag} | "
+        + " | ".join(cells)
+        + " |"
+      )
+  return "\n".join(lines) + "\n"
+
+
+def figure(results: list[dict], path: str) -> None:
+  import matplotlib  # pylint: disable=g-import-not-at-top
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  runs = sorted({r["workdir"] for r in results})
+  fig, axes = plt.subplots(1, len(runs), figsize=(6 * len(runs), 4.2), squeeze=False)
+  colors = {"policy": "tab:blue", "concentration": "tab:green", "value": "tab:red", "total": "k"}
+  for ax, run in zip(axes[0], runs):
+    mine = [r for r in results if r["workdir"] == run]
+    iterations = sorted({r["iteration"] for r in mine})
+    for baseline, style in zip(BASELINES, ("-", "--")):
+      for term in TERMS:
+        rows = [
+          [PER * r["drift"][f"{baseline}/{term}/all"]["mean"] for r in mine if r["iteration"] == i]
+          for i in iterations
+        ]
+        median = [np.median(v) for v in rows]
+        ax.plot(
+          iterations, median, style, marker="o", color=colors[term], label=f"{term} ({baseline})"
+        )
+        ax.fill_between(
+          iterations, [min(v) for v in rows], [max(v) for v in rows], color=colors[term], alpha=0.1
+        )
+    ax.axhline(0, color="grey", lw=0.5)
+    agents = len({r["seed_index"] for r in mine})
+    ax.set_title(f"{run} (run baseline {mine[0]['run_baseline']}; {agents} agent(s))", fontsize=9)
+    ax.set_xlabel("iteration (0: initialisation)")
+    ax.set_ylabel(f"drift of mean |m| per {PER} iterations")
+  axes[0][0].legend(fontsize=7, ncol=2)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--workdir", help="a train.a2c workdir of a modulated network")
+  parser.add_argument("--points", default="init", help="comma-separated: init and/or iterations")
+  parser.add_argument("--agents", default="0", help="comma-separated agent indices")
+  parser.add_argument("--batches", type=int, default=20, help="fresh batches per point")
+  args = parser.parse_args()
+  if args.workdir:
+    agents = [int(a) for a in args.agents.split(",")]
+    run_points(args.workdir, args.points.split(","), agents, args.batches)
+  results = load()
+  if not results:
+    raise SystemExit(f"No attribution JSON in {OUT}; make some with --workdir.")
+  with open(os.path.join(HERE, "attribution.md"), "w") as f:
+    f.write(table(results))
+  figure(results, os.path.join(HERE, "attribution.png"))
+  print(f"wrote attribution.md and attribution.png from {len(results)} files")
+
+
+if __name__ == "__main__":
+  main()
