@@ -5,12 +5,14 @@
     python results/cue_reward/attribution.py          # figure and table from attribution/*.json
 
 Every (agent, point) writes attribution/<run>_agent<k>_<point>.json
-(`train.attribute.attribute_workdir`: the drift of mean |m| per iteration
-caused by the policy, concentration and value terms, for the run's baseline
-and the other one). From all the JSON files here it writes attribution.png
-(drift of |m| per 1000 iterations by term and baseline, against the
-iteration; median and range over agents) and attribution.md (every file's
-numbers).
+(`train.attribute.attribute_workdir`: the expected drift of mean |m| by
+one Adam step caused by the policy, concentration and value terms, for the
+run's baseline and the other one). From all the JSON files here it writes
+attribution.png (that drift times 1000, i.e. per 1000 iterations at the
+checkpoint's rate, by term and baseline against the iteration; median and
+range over agents; the initialisation, whose Adam denominator is the
+steady estimate rather than a checkpoint's, drawn as open markers) and
+attribution.md (every file's numbers with their standard errors).
 """
 
 from __future__ import annotations
@@ -37,11 +39,17 @@ def run_points(workdir: str, points: list[str], agents: list[int], batches: int)
   os.makedirs(OUT, exist_ok=True)
   name = os.path.basename(os.path.normpath(workdir))
   for point in points:
+    if point != "init" and not point.isdigit():
+      raise SystemExit(f"--points: {point!r} is neither 'init' nor an iteration number.")
+  for point in points:
     for agent in agents:
       at_init = point == "init"
-      result = attribute.attribute_workdir(
-        workdir, agent, None if at_init else int(point), at_init, batches
-      )
+      try:
+        result = attribute.attribute_workdir(
+          workdir, agent, None if at_init else int(point), at_init, batches
+        )
+      except (ValueError, OSError) as e:
+        raise SystemExit(f"ERROR: {workdir} at {point}, agent {agent}: {e}") from e
       result["workdir"] = name  # Not the machine's path.
       path = os.path.join(OUT, f"{name}_agent{agent}_{point}.json")
       with open(path, "w") as f:
@@ -62,8 +70,9 @@ def table(results: list[dict]) -> str:
   lines = [
     "# Drift of mean |m(t)| per 1000 iterations, by loss term (train.attribute)",
     "",
-    "Mean +- s.e. over the batches; `*`: the other baseline than the run's "
-    "(same agent and Adam denominators). Modulator and rest together.",
+    "Expected change of mean |m| by one Adam step, times 1000 (estimate +- jackknife "
+    "s.e. over the batches); `*`: the other baseline than the run's (same agent). "
+    "Modulator and rest together; pathwise + through the actions.",
     "",
     "| run | agent | iteration | mean abs m | baseline | " + " | ".join(TERMS) + " |",
     "|---|---|---|---|---|" + "---|" * len(TERMS),
@@ -102,18 +111,25 @@ def figure(results: list[dict], path: str) -> None:
           [PER * r["drift"][f"{baseline}/{term}/all"]["mean"] for r in mine if r["iteration"] == i]
           for i in iterations
         ]
-        median = [np.median(v) for v in rows]
+        median = np.array([np.median(v) for v in rows])
+        low, high = [min(v) for v in rows], [max(v) for v in rows]
+        later = np.array(iterations) > 0  # Checkpoints (their Adam D) on the line.
         ax.plot(
-          iterations, median, style, marker="o", color=colors[term], label=f"{term} ({baseline})"
+          np.array(iterations)[later],
+          median[later],
+          style,
+          marker="o",
+          color=colors[term],
+          label=f"{term} ({baseline})",
         )
-        ax.fill_between(
-          iterations, [min(v) for v in rows], [max(v) for v in rows], color=colors[term], alpha=0.1
-        )
+        ax.fill_between(iterations, low, high, color=colors[term], alpha=0.1)
+        if not later.all():
+          ax.plot([0], median[~later], marker="o", mfc="none", color=colors[term], ls="")
     ax.axhline(0, color="grey", lw=0.5)
     agents = len({r["seed_index"] for r in mine})
     ax.set_title(f"{run} (run baseline {mine[0]['run_baseline']}; {agents} agent(s))", fontsize=9)
-    ax.set_xlabel("iteration (0: initialisation)")
-    ax.set_ylabel(f"drift of mean |m| per {PER} iterations")
+    ax.set_xlabel("iteration (open: initialisation, steady Adam D)")
+    ax.set_ylabel(f"one step's drift of mean |m| x {PER}")
   axes[0][0].legend(fontsize=7, ncol=2)
   fig.tight_layout()
   fig.savefig(path, dpi=110)
