@@ -156,7 +156,11 @@ def test_attribute_workdir_assembles_the_drift_from_the_gradients(workdir):
   expected = np.mean([grad_m[i] @ steps[j] for i in range(3) for j in range(3) if i != j])
   got = result["drift"]["batch0/value/modulator"]["mean"]
   assert got == pytest.approx(expected, rel=1e-4, abs=1e-12)
+  drift = result["drift"]
+  difference = drift["own/value/all"]["mean"] - drift["batch0/value/all"]["mean"]
+  assert drift["own-batch0/value/all"]["mean"] == pytest.approx(difference, rel=1e-6, abs=1e-12)
   table = attribute_lib.format_table(result)
+  assert "own - batch0 (all, same batches): policy" in table
   assert "own*" in table and "batch0    value" in table and "batches clipped" in table
   at_init = attribute_lib.attribute_workdir(workdir, batches=3, at_init=True)
   assert at_init["iteration"] == 0 and at_init["denominator"]["own"].startswith("steady")

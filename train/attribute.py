@@ -32,6 +32,7 @@ or a checkpoint inside the burn-in) the steady value sqrt(E[(c g)^2]) + eps
 of that baseline's loss. The drift is computed for the run's A2C baseline
 and, for the same agent (and checkpoint D), for the other one (`batch0`: the
 reference's V of batch element 0 for every episode; `own`: each episode's V),
+and their difference on the same batches (own - batch0, with its own s.e.),
 and split into the modulator's parameters (`mod_kernel`, `mod_bias`: m reads
 them directly) and the rest (input, w, alpha, eta and, where present, the
 fan-out: they move |m| through h_t; the heads do not move |m| at all).
@@ -59,6 +60,7 @@ TERMS = ("policy", "concentration", "value")
 GRADIENTS = ("m_abs", "m_abs_pathwise") + tuple(f"{b}/{t}" for b in BASELINES for t in TERMS)
 WHERE = ("modulator", "rest", "all")
 MODULATOR_PARAMS = ("mod_kernel", "mod_bias")
+DIFFERENCE = "own-batch0"  # The drift's key prefix of own minus batch0, paired.
 ADAM_B2 = 0.999  # optax.adam's default, as make_optimizer uses it.
 
 
@@ -245,7 +247,7 @@ def attribute_workdir(
   select["all"] = np.ones_like(select["rest"])
   lr = float(hparams.learning_rate)
   checkpoint_denom = None if at_init else adam_denominator(opt_state, float(hparams.adam_eps))
-  drift, pathwise, norms, denominators, clipped = {}, {}, {}, {}, {}
+  drift, pathwise, norms, denominators, clipped, steps = {}, {}, {}, {}, {}, {}
   for baseline in BASELINES:
     total = sum(flat[f"{baseline}/{t}"] for t in TERMS)  # [N, P]
     scale = np.minimum(1.0, float(hparams.grad_clip_norm) / np.linalg.norm(total, axis=1))
@@ -260,6 +262,7 @@ def attribute_workdir(
       )
     parts = {t: -lr * scale[:, None] * flat[f"{baseline}/{t}"] / denom for t in TERMS}
     parts["total"] = sum(parts.values())
+    steps[baseline] = parts
     for part, step_part in parts.items():
       for where, keep in select.items():
         for out, name in ((drift, "m_abs"), (pathwise, "m_abs_pathwise")):
@@ -269,6 +272,10 @@ def attribute_workdir(
       norms[f"{baseline}/{term}"] = float(
         np.mean(np.linalg.norm(flat[f"{baseline}/{term}"], axis=1))
       )
+  # own - batch0, paired on the same batches (its own s.e.).
+  for part in steps["own"]:
+    estimate, sem = pair_estimate(flat["m_abs"], steps["own"][part] - steps["batch0"][part])
+    drift[f"{DIFFERENCE}/{part}/all"] = {"mean": estimate, "sem": sem}
   return {
     "workdir": workdir,
     "seed_index": seed_index,
@@ -316,6 +323,10 @@ def format_table(result: dict[str, Any]) -> str:
         + "".join(f"{c:>21}" for c in cells)
         + (f"{norm:>9.4f}" if norm else "")
       )
+  cells = [
+    f"{part} {cell(result['drift'][f'{DIFFERENCE}/{part}/all'])}" for part in (*TERMS, "total")
+  ]
+  lines.append(f"own - batch0 (all, same batches): {'; '.join(cells)}")
   for baseline in BASELINES:
     lines.append(
       f"{baseline}: D = {result['denominator'][baseline]}; "

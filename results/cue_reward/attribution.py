@@ -66,6 +66,10 @@ def load() -> list[dict]:
   return results
 
 
+def _cell(entry: dict) -> str:
+  return f"{PER * entry['mean']:+.4f} +- {PER * entry['sem']:.4f}"
+
+
 def table(results: list[dict]) -> str:
   lines = [
     "# Drift of mean |m(t)| per 1000 iterations, by loss term (train.attribute)",
@@ -74,16 +78,19 @@ def table(results: list[dict]) -> str:
     "s.e. over the batches); `*`: the other baseline than the run's (same agent). "
     "Modulator and rest together; pathwise + through the actions.",
     "",
-    "| run | agent | iteration | mean abs m | baseline | " + " | ".join(TERMS) + " |",
-    "|---|---|---|---|---|" + "---|" * len(TERMS),
+    "| run | agent | iteration | mean abs m | baseline | "
+    + " | ".join(TERMS)
+    + " | value, own - batch0 |",
+    "|---|---|---|---|---|" + "---|" * (len(TERMS) + 1),
   ]
   for r in sorted(results, key=lambda r: (r["workdir"], r["seed_index"], r["iteration"])):
     for baseline in BASELINES:
       tag = baseline if baseline == r["run_baseline"] else f"{baseline}*"
-      cells = []
-      for term in TERMS:
-        d = r["drift"][f"{baseline}/{term}/all"]
-        cells.append(f"{PER * d['mean']:+.4f} +- {PER * d['sem']:.4f}")
+      cells = [_cell(r["drift"][f"{baseline}/{term}/all"]) for term in TERMS]
+      # The paired difference, on the run's baseline's row.
+      cells.append(
+        _cell(r["drift"]["own-batch0/value/all"]) if baseline == r["run_baseline"] else ""
+      )
       point = "init" if r["at_init"] else str(r["iteration"])
       lines.append(
         f"| {r['workdir']} | {r['seed_index']} | {point} | {r['m_abs']:.3f} | {tag} | "
