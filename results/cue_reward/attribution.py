@@ -112,7 +112,7 @@ def figure(results: list[dict], path: str) -> None:
   for ax, run in zip(axes[0], runs):
     mine = [r for r in results if r["workdir"] == run]
     iterations = sorted({r["iteration"] for r in mine})
-    for baseline, style in zip(BASELINES, ("-", "--")):
+    for baseline, style, marker in zip(BASELINES, ("-", "--"), ("o", "s")):
       for term in TERMS:
         rows = [
           [PER * r["drift"][f"{baseline}/{term}/all"]["mean"] for r in mine if r["iteration"] == i]
@@ -125,13 +125,13 @@ def figure(results: list[dict], path: str) -> None:
           np.array(iterations)[later],
           median[later],
           style,
-          marker="o",
+          marker=marker,
           color=colors[term],
           label=f"{term} ({baseline})",
         )
         ax.fill_between(iterations, low, high, color=colors[term], alpha=0.1)
         if not later.all():
-          ax.plot([0], median[~later], marker="o", mfc="none", color=colors[term], ls="")
+          ax.plot([0], median[~later], marker=marker, mfc="none", color=colors[term], ls="")
     ax.axhline(0, color="grey", lw=0.5)
     agents = len({r["seed_index"] for r in mine})
     ax.set_title(f"{run} (run baseline {mine[0]['run_baseline']}; {agents} agent(s))", fontsize=9)
