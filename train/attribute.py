@@ -279,6 +279,7 @@ def attribute_workdir(
   return {
     "workdir": workdir,
     "seed_index": seed_index,
+    "agent_seed": config.seed + seed_index,  # Its key: jax.random.key(agent_seed).
     "iteration": iteration,
     "at_init": at_init,
     "env": config.env,

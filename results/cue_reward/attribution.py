@@ -9,10 +9,12 @@ Every (agent, point) writes attribution/<run>_agent<k>_<point>.json
 one Adam step caused by the policy, concentration and value terms, for the
 run's baseline and the other one). From all the JSON files here it writes
 attribution.png (that drift times 1000, i.e. per 1000 iterations at the
-checkpoint's rate, by term and baseline against the iteration; median and
-range over agents; the initialisation, whose Adam denominator is the
-steady estimate rather than a checkpoint's, drawn as open markers) and
-attribution.md (every file's numbers with their standard errors).
+checkpoint's rate: one row per run, one panel per loss term, every agent's
+estimate +- s.e. for both baselines against the iteration; the
+initialisation, whose Adam denominator is the steady estimate rather than a
+checkpoint's, as diamonds; colour: the agent's seed; symlog axis where
+some estimate exceeds 1) and attribution.md (every file's
+numbers with their standard errors).
 """
 
 from __future__ import annotations
@@ -23,13 +25,11 @@ import json
 import os
 import sys
 
-import numpy as np
-
 HERE = os.path.dirname(os.path.abspath(__file__))
 OUT = os.path.join(HERE, "attribution")
 sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
 PER = 1000  # The figure's unit: drift of |m| per this many iterations.
-TERMS = ("policy", "concentration", "value", "total")
+TERMS = ("policy", "concentration", "value", "total")  # The table's; the figure's too.
 BASELINES = ("batch0", "own")
 
 
@@ -78,12 +78,12 @@ def table(results: list[dict]) -> str:
     "s.e. over the batches); `*`: the other baseline than the run's (same agent). "
     "Modulator and rest together; pathwise + through the actions.",
     "",
-    "| run | agent | iteration | mean abs m | baseline | "
+    "| run | seed | iteration | mean abs m | baseline | "
     + " | ".join(TERMS)
     + " | value, own - batch0 |",
     "|---|---|---|---|---|" + "---|" * (len(TERMS) + 1),
   ]
-  for r in sorted(results, key=lambda r: (r["workdir"], r["seed_index"], r["iteration"])):
+  for r in sorted(results, key=lambda r: (r["workdir"], r["agent_seed"], r["iteration"])):
     for baseline in BASELINES:
       tag = baseline if baseline == r["run_baseline"] else f"{baseline}*"
       cells = [_cell(r["drift"][f"{baseline}/{term}/all"]) for term in TERMS]
@@ -93,7 +93,7 @@ def table(results: list[dict]) -> str:
       )
       point = "init" if r["at_init"] else str(r["iteration"])
       lines.append(
-        f"| {r['workdir']} | {r['seed_index']} | {point} | {r['m_abs']:.3f} | {tag} | "
+        f"| {r['workdir']} | {r['agent_seed']} | {point} | {r['m_abs']:.3f} | {tag} | "
         + " | ".join(cells)
         + " |"
       )
@@ -101,43 +101,50 @@ def table(results: list[dict]) -> str:
 
 
 def figure(results: list[dict], path: str) -> None:
+  """One row per run, one panel per loss term: every agent's drift (+- s.e.)
+  against the iteration, filled for own, open for batch0."""
   import matplotlib  # pylint: disable=g-import-not-at-top
 
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
   runs = sorted({r["workdir"] for r in results})
-  fig, axes = plt.subplots(1, len(runs), figsize=(6 * len(runs), 4.2), squeeze=False)
-  colors = {"policy": "tab:blue", "concentration": "tab:green", "value": "tab:red", "total": "k"}
-  for ax, run in zip(axes[0], runs):
+  fig, axes = plt.subplots(
+    len(runs), len(TERMS), figsize=(4 * len(TERMS), 3.4 * len(runs)), squeeze=False
+  )
+  for row, run in zip(axes, runs):
     mine = [r for r in results if r["workdir"] == run]
-    iterations = sorted({r["iteration"] for r in mine})
-    for baseline, style, marker in zip(BASELINES, ("-", "--"), ("o", "s")):
-      for term in TERMS:
-        rows = [
-          [PER * r["drift"][f"{baseline}/{term}/all"]["mean"] for r in mine if r["iteration"] == i]
-          for i in iterations
-        ]
-        median = np.array([np.median(v) for v in rows])
-        low, high = [min(v) for v in rows], [max(v) for v in rows]
-        later = np.array(iterations) > 0  # Checkpoints (their Adam D) on the line.
-        ax.plot(
-          np.array(iterations)[later],
-          median[later],
-          style,
-          marker=marker,
-          color=colors[term],
-          label=f"{term} ({baseline})",
-        )
-        ax.fill_between(iterations, low, high, color=colors[term], alpha=0.1)
-        if not later.all():
-          ax.plot([0], median[~later], marker=marker, mfc="none", color=colors[term], ls="")
-    ax.axhline(0, color="grey", lw=0.5)
-    agents = len({r["seed_index"] for r in mine})
-    ax.set_title(f"{run} (run baseline {mine[0]['run_baseline']}; {agents} agent(s))", fontsize=9)
-    ax.set_xlabel("iteration (open: initialisation, steady Adam D)")
-    ax.set_ylabel(f"one step's drift of mean |m| x {PER}")
-  axes[0][0].legend(fontsize=7, ncol=2)
+    span = max(r["iteration"] for r in mine) or 1
+    for ax, term in zip(row, TERMS):
+      for r in mine:
+        color = f"C{r['agent_seed']}"
+        for baseline, dx, face in (("own", -0.01, color), ("batch0", 0.01, "none")):
+          d = r["drift"][f"{baseline}/{term}/all"]
+          x = r["iteration"] + dx * span
+          ax.errorbar(
+            x,
+            PER * d["mean"],
+            yerr=PER * d["sem"],
+            marker="o" if not r["at_init"] else "D",
+            mfc=face,
+            color=color,
+            ls="",
+            capsize=2,
+          )
+      ax.axhline(0, color="grey", lw=0.5)
+      if max(abs(PER * r["drift"][f"{b}/{term}/all"]["mean"]) for r in mine for b in BASELINES) > 1:
+        ax.set_yscale("symlog", linthresh=0.1)
+      ax.set_title(f"{term}" + (f": {run}" if term == TERMS[0] else ""), fontsize=9)
+      ax.set_xlabel("iteration (diamond: initialisation)")
+    row[0].set_ylabel(f"one step's drift of mean |m| x {PER}")
+  handles = [
+    plt.Line2D([], [], marker="o", color="k", ls="", label="own"),
+    plt.Line2D([], [], marker="o", mfc="none", color="k", ls="", label="batch0"),
+  ] + [
+    plt.Line2D([], [], marker="s", color=f"C{k}", ls="", label=f"seed {k}")
+    for k in sorted({r["agent_seed"] for r in results})
+  ]
+  axes[0][-1].legend(handles=handles, fontsize=7)
   fig.tight_layout()
   fig.savefig(path, dpi=110)
 
