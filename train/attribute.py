@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import functools
 import json
-import sys
 from typing import Any, Optional
 
 import jax
@@ -52,7 +51,7 @@ import optax
 from jax.flatten_util import ravel_pytree
 
 from train import a2c_learner, a2c_train, sweep
-from train import run as run_lib
+from train import flags as flags_lib
 from train.a2c_config import BASELINES, A2CConfig
 from train.a2c_loss import a2c_loss, regulariser
 
@@ -337,25 +336,20 @@ def format_table(result: dict[str, Any]) -> str:
   return "\n".join(lines)
 
 
-def main(argv):
-  from absl import app, flags, logging  # pylint: disable=g-import-not-at-top
+def _main(fv) -> None:
+  from absl import app  # pylint: disable=g-import-not-at-top
 
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  fv = flags.FLAGS
-  if not fv["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)
   if fv.init and fv.step is not None:
     raise app.UsageError("--init and --step exclude each other (--init: before any step).")
-  try:
-    result = attribute_workdir(fv.workdir, fv.seed_index, fv.step, fv.init, fv.batches, fv.seed)
-    print(format_table(result))
-    if fv.json_out:
-      with open(fv.json_out, "w") as f:
-        f.write(json.dumps(result, indent=2) + "\n")
-  except run_lib.RUN_ERRORS + (OSError,) as e:
-    print(f"ERROR: {e}", file=sys.stderr, flush=True)
-    sys.exit(1)
+  result = attribute_workdir(fv.workdir, fv.seed_index, fv.step, fv.init, fv.batches, fv.seed)
+  print(format_table(result))
+  if fv.json_out:
+    with open(fv.json_out, "w") as f:
+      f.write(json.dumps(result, indent=2) + "\n")
+
+
+def main(argv):
+  flags_lib.run_tool(argv, _main)
 
 
 if __name__ == "__main__":

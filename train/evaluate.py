@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
 from typing import Any, Optional
 
 import flax.serialization
@@ -30,6 +29,7 @@ import numpy as np
 
 from bpm_jax import xla
 from train import a2c_learner, a2c_train, sweep
+from train import flags as flags_lib
 from train import run as run_lib
 from train.a2c_config import A2CConfig
 
@@ -193,19 +193,8 @@ def format_table(result: dict) -> str:
   return "\n".join(lines)
 
 
-def main(argv):
-  from absl import app, flags, logging  # pylint: disable=g-import-not-at-top
-
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  fv = flags.FLAGS
-  if not fv["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)
-  try:
-    result = evaluate(fv.workdir, fv.episodes, fv.seed, fv.greedy, fv.step)
-  except run_lib.RUN_ERRORS + (OSError,) as e:
-    print(f"ERROR: {e}", file=sys.stderr, flush=True)
-    sys.exit(1)
+def _main(fv) -> None:
+  result = evaluate(fv.workdir, fv.episodes, fv.seed, fv.greedy, fv.step)
   print(format_table(result))
   text = json.dumps(result, indent=2)
   print(text)
@@ -217,8 +206,11 @@ def main(argv):
       for path in export_agents(fv.workdir, fv.export_to, fv.step):
         print(f"exported {path}")
     except run_lib.RUN_ERRORS + (OSError,) as e:
-      print(f"ERROR: exporting to {fv.export_to}: {e}", file=sys.stderr, flush=True)
-      sys.exit(1)
+      raise ValueError(f"exporting to {fv.export_to}: {e}") from e
+
+
+def main(argv):
+  flags_lib.run_tool(argv, _main)
 
 
 if __name__ == "__main__":

@@ -289,6 +289,31 @@ def run_cli(define_flags: Callable[[], None], main: Callable[[list[str]], None])
   app.run(one_line_usage_errors)
 
 
+def run_tool(argv: list[str], body: Callable[[Any], Any], flag_values: Any = None) -> None:
+  """The body of an analysis tool's absl `main` (train.evaluate, inspect, attribute).
+
+  Refuses positional arguments, quiets orbax's INFO logging unless
+  --verbosity is given, runs `body(flag_values)` and turns the run errors it
+  raises (`train.run.RUN_ERRORS`: a missing or corrupt run, bad values, ...)
+  and any OSError into one `ERROR:` line on stderr and exit status 1.
+  `flag_values`: default `absl.flags.FLAGS`.
+  """
+  from absl import app, flags, logging  # pylint: disable=g-import-not-at-top
+
+  from train import run as run_lib  # pylint: disable=g-import-not-at-top
+
+  flag_values = flags.FLAGS if flag_values is None else flag_values
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if "verbosity" in flag_values and not flag_values["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # Orbax logs every restore at INFO.
+  try:
+    body(flag_values)
+  except run_lib.RUN_ERRORS + (OSError,) as e:
+    print(f"ERROR: {e}", file=sys.stderr, flush=True)
+    sys.exit(1)
+
+
 def run_main(
   argv: list[str],
   config_from_flags: Callable[[Any], Any],

@@ -28,6 +28,7 @@ import numpy as np
 
 from bpm_jax import xla
 from train import a2c_learner, evaluate
+from train import flags as flags_lib
 from train.a2c_config import A2CConfig
 
 # One recorded episode (batch element 0) as NumPy arrays. Keys: `modulation`
@@ -264,16 +265,14 @@ def inspect_workdir(
   return written
 
 
-def main(argv):
-  from absl import flags, logging  # pylint: disable=g-import-not-at-top
-
-  del argv
-  fv = flags.FLAGS
-  if not fv["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)  # Orbax logs every restore at INFO.
+def _main(fv) -> None:
   written = inspect_workdir(fv.workdir, fv.out, fv.seed_index, fv.gif, fv.episodes, fv.step)
   for kind, path in written.items():
     print(f"Wrote {kind}: {path}")
+
+
+def main(argv):
+  flags_lib.run_tool(argv, _main)
 
 
 if __name__ == "__main__":
