@@ -289,6 +289,20 @@ def run_cli(define_flags: Callable[[], None], main: Callable[[list[str]], None])
   app.run(one_line_usage_errors)
 
 
+def _start(argv: list[str], flag_values: Any) -> Any:
+  """An entry point's first steps: no positional arguments; orbax's INFO
+  logging (every save and restore) quiet unless --verbosity is given.
+  Returns `flag_values` (default `absl.flags.FLAGS`)."""
+  from absl import app, flags, logging  # pylint: disable=g-import-not-at-top
+
+  flag_values = flags.FLAGS if flag_values is None else flag_values
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if "verbosity" in flag_values and not flag_values["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
+  return flag_values
+
+
 def run_tool(argv: list[str], body: Callable[[Any], Any], flag_values: Any = None) -> None:
   """The body of an analysis tool's absl `main` (train.evaluate, inspect, attribute).
 
@@ -298,15 +312,9 @@ def run_tool(argv: list[str], body: Callable[[Any], Any], flag_values: Any = Non
   and any OSError into one `ERROR:` line on stderr and exit status 1.
   `flag_values`: default `absl.flags.FLAGS`.
   """
-  from absl import app, flags, logging  # pylint: disable=g-import-not-at-top
-
   from train import run as run_lib  # pylint: disable=g-import-not-at-top
 
-  flag_values = flags.FLAGS if flag_values is None else flag_values
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  if "verbosity" in flag_values and not flag_values["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)  # Orbax logs every restore at INFO.
+  flag_values = _start(argv, flag_values)
   try:
     body(flag_values)
   except run_lib.RUN_ERRORS + (OSError,) as e:
@@ -332,17 +340,13 @@ def run_main(
   (--resume of a finished run) prints its message; exit status 0.
   `flag_values`: default `absl.flags.FLAGS`.
   """
-  from absl import app, flags, logging  # pylint: disable=g-import-not-at-top
+  from absl import app  # pylint: disable=g-import-not-at-top
 
   from train import run as run_lib  # pylint: disable=g-import-not-at-top
 
-  flag_values = flags.FLAGS if flag_values is None else flag_values
+  flag_values = _start(argv, flag_values)
   if run_errors is None:
     run_errors = run_lib.RUN_ERRORS
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  if "verbosity" in flag_values and not flag_values["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
   try:
     initialize_distributed(flag_values)
     config = config_from_flags(flag_values)
