@@ -142,9 +142,9 @@ cue() {  # NETWORK SEED ITERATIONS
 }
 
 # The baseline A/B (issue 19): 3 seeds vmapped with each episode's own V_t.
-own() {  # ENV NETWORK ITERATIONS
-  local short="${1%%-*}"
-  short="${short,,}"
+own() {  # ENV NETWORK ITERATIONS (workdirs cue_... / maze_..., as the other jobs')
+  local short=cue
+  [[ "$1" == GridMaze-v0 ]] && short=maze
   job_in "${short}_$2_own_3seeds" "${short}_$2_own_3seeds_to$3" train.a2c --env="$1" \
     --network="$2" --baseline=own --num_seeds=3 --iterations="$3" --checkpoint_every=500
 }
