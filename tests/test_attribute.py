@@ -15,7 +15,6 @@ from tests.a2c_tiny import TINY
 from train import a2c_learner, a2c_train
 from train import attribute as attribute_lib
 from train.a2c_config import a2c_defaults
-from train.a2c_loss import a2c_loss, regulariser
 
 
 @pytest.fixture(scope="module")
@@ -42,17 +41,8 @@ def test_term_gradients_sum_to_the_training_gradient(workdir, step_impl):
     sum(np.asarray(g) for _, g in terms), ravel_pytree(expected)[0], rtol=1e-4, atol=1e-7
   )
   np.testing.assert_allclose(float(got["m_abs"][0]), float(aux["modulation_abs"]), rtol=1e-5)
-  # The other baseline's terms: a2c_loss(baseline="own") of the same episodes.
-  own = a2c_loss(
-    trajectory.log_prob,
-    trajectory.value,
-    trajectory.reward,
-    regulariser(trajectory, config.entropy_kind),
-    hparams.discount,
-    hparams.value_coef,
-    hparams.entropy_coef,
-    "own",
-  )
+  # The other baseline's terms: the loss with baseline="own" of the same episodes.
+  own = a2c_learner.loss_terms(trajectory, hparams, config.entropy_kind, "own")
   expected_own = (own.policy_loss, own.entropy_loss, hparams.value_coef * own.value_loss)
   for term, value in zip(attribute_lib.TERMS, expected_own):
     np.testing.assert_allclose(float(got[f"own/{term}"][0]), float(value), rtol=1e-5)

@@ -41,7 +41,7 @@ from train.a2c_config import (
   A2CHParams,
   resolve_step_impl,
 )
-from train.a2c_loss import a2c_loss, policy_terms, regulariser
+from train.a2c_loss import LossTerms, a2c_loss, policy_terms, regulariser
 
 Array = jax.Array
 PyTree = Any
@@ -317,6 +317,22 @@ def differentiable_rollout(
   return rollout(spec, params, key, hparams, batch_size)
 
 
+def loss_terms(
+  trajectory: Trajectory, hparams: A2CHParams, entropy_kind: str, baseline: str
+) -> LossTerms:
+  """`train.a2c_loss.a2c_loss` of a batch of episodes with the run's hyperparameters."""
+  return a2c_loss(
+    trajectory.log_prob,
+    trajectory.value,
+    trajectory.reward,
+    regulariser(trajectory, entropy_kind),
+    hparams.discount,
+    hparams.value_coef,
+    hparams.entropy_coef,
+    baseline,
+  )
+
+
 def loss(
   spec: A2CSpec, params: PyTree, key: Array, hparams: A2CHParams, batch_size: Optional[int] = None
 ) -> tuple[Array, tuple[dict, Trajectory]]:
@@ -330,16 +346,7 @@ def loss(
   """
   config = spec.config
   trajectory = differentiable_rollout(spec, params, key, hparams, batch_size)
-  terms = a2c_loss(
-    trajectory.log_prob,
-    trajectory.value,
-    trajectory.reward,
-    regulariser(trajectory, config.entropy_kind),
-    hparams.discount,
-    hparams.value_coef,
-    hparams.entropy_coef,
-    config.baseline,
-  )
+  terms = loss_terms(trajectory, hparams, config.entropy_kind, config.baseline)
   aux = dict(
     terms._asdict(),
     reward=jnp.mean(jnp.sum(trajectory.reward, axis=0)),

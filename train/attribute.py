@@ -53,7 +53,6 @@ from jax.flatten_util import ravel_pytree
 from train import a2c_learner, a2c_train, sweep
 from train import flags as flags_lib
 from train.a2c_config import BASELINES, A2CConfig
-from train.a2c_loss import a2c_loss, regulariser
 
 TERMS = ("policy", "concentration", "value")
 GRADIENTS = ("m_abs", "m_abs_pathwise") + tuple(f"{b}/{t}" for b in BASELINES for t in TERMS)
@@ -92,19 +91,9 @@ def loss_term_values(trajectory: a2c_learner.Trajectory, hparams: Any, entropy_k
   with the gradient of its expectation (`modulation_surrogate`);
   "m_abs_pathwise": mean |m(t)| on these episodes' observations and actions.
   """
-  penalty = regulariser(trajectory, entropy_kind)
   values = {}
   for baseline in BASELINES:
-    terms = a2c_loss(
-      trajectory.log_prob,
-      trajectory.value,
-      trajectory.reward,
-      penalty,
-      hparams.discount,
-      hparams.value_coef,
-      hparams.entropy_coef,
-      baseline,
-    )
+    terms = a2c_learner.loss_terms(trajectory, hparams, entropy_kind, baseline)
     values[f"{baseline}/policy"] = terms.policy_loss
     values[f"{baseline}/concentration"] = terms.entropy_loss
     values[f"{baseline}/value"] = hparams.value_coef * terms.value_loss

@@ -116,13 +116,13 @@ def episode_rewards(
   config: A2CConfig, params: Any, hparams: Any, episodes: int, seed: int, greedy: bool
 ) -> np.ndarray:
   """[episodes] reward per episode of one agent (batches of `config.batch_size`)."""
-  play = _compile_player(config, params, hparams, episodes, greedy)
-  return _rewards(play, params, hparams, episodes, seed, min(config.batch_size, episodes))
+  play, batch = _compile_player(config, params, hparams, episodes, greedy)
+  return _rewards(play, params, hparams, episodes, seed, batch)
 
 
 def _compile_player(config: A2CConfig, params: Any, hparams: Any, episodes: int, greedy: bool):
-  """The jitted `(params, key, hparams) -> [B]` rewards of B episodes, compiled
-  once for every agent of a run (same shapes; hparams are arguments)."""
+  """(the jitted `(params, key, hparams) -> [B]` rewards of B episodes, B),
+  compiled once for every agent of a run (same shapes; hparams are arguments)."""
   spec = a2c_learner.make_spec(config)
   batch = min(config.batch_size, episodes)
 
@@ -130,7 +130,10 @@ def _compile_player(config: A2CConfig, params: Any, hparams: Any, episodes: int,
     trajectory = a2c_learner.rollout(spec, p, key, h, batch, greedy=greedy)
     return jnp.sum(trajectory.reward, axis=0)  # [B]
 
-  return xla.compile(jax.jit(play), params, jax.random.key(0), hparams, fast=config.fast_compile)
+  compiled = xla.compile(
+    jax.jit(play), params, jax.random.key(0), hparams, fast=config.fast_compile
+  )
+  return compiled, batch
 
 
 def _rewards(play, params: Any, hparams: Any, episodes: int, seed: int, batch: int) -> np.ndarray:
@@ -149,10 +152,10 @@ def evaluate(
   if episodes < 1:
     raise ValueError(f"episodes={episodes} must be >= 1.")
   config, params, hparams, iteration = load_agents(workdir, step)
-  play = _compile_player(config, params[0], hparams[0], episodes, greedy)
+  play, batch = _compile_player(config, params[0], hparams[0], episodes, greedy)
   agents = []
   for a, (p, h) in enumerate(zip(params, hparams)):
-    r = _rewards(play, p, h, episodes, seed, min(config.batch_size, episodes))
+    r = _rewards(play, p, h, episodes, seed, batch)
     agents.append(
       dict(
         agent=a,
