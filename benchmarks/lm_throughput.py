@@ -6,9 +6,10 @@
 For each network the hidden size is matched to `--target_params` (Backpropamine
 Table 1: ~4.8M parameters, plasticity parameters included), then the training
 program of `train.lm_train` (a compiled `lax.scan` of SGD steps, fwd + bwd +
-update, B = 20, T = 20, one seed) is compiled, then timed.
+update, B = 20, T = 20, one seed unless `--num_seeds`) is compiled, then timed.
 Reported: parameter counts by group, hidden sizes, compile seconds, ms per step
-and tokens/s (B * T target tokens per step).
+and tokens/s (B * T target tokens per step and model; with `--num_seeds=1,3`
+also for several models trained at once, as `train.lm --num_seeds` does).
 
 With `--data_dir`, the reader is first checked against the known PTB facts
 (929,589 / 73,760 / 82,430 tokens with `<eos>`, 10,000 words, md5 of the
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import itertools
 import os
 import platform
 import time
@@ -51,6 +53,12 @@ _BATCH = flags.DEFINE_integer("batch_size", 20, "B.")
 _UNROLL = flags.DEFINE_integer("unroll", 20, "T.")
 _STEPS = flags.DEFINE_integer("steps", 10, "SGD steps per timed call (one lax.scan).")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed calls; the best is reported.")
+_NUM_SEEDS = flags.DEFINE_list(
+  "num_seeds",
+  ["1"],
+  "Models trained at once (vmapped seeds, as `train.lm --num_seeds`), one row per count; "
+  "tokens/s counts every model's tokens.",
+)
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "PTB directory (optional).")
 
 
@@ -102,6 +110,12 @@ def main(argv):
   if unknown:
     raise app.UsageError(f"--step_impls: unknown {unknown}; choose from {LSTM_STEP_IMPLS}.")
   batch, unroll, steps = _BATCH.value, _UNROLL.value, _STEPS.value
+  try:
+    seed_counts = [int(n) for n in _NUM_SEEDS.value]
+  except ValueError:
+    seed_counts = [0]
+  if min(seed_counts) < 1:
+    raise app.UsageError(f"--num_seeds: positive integers, e.g. 1,3; got {_NUM_SEEDS.value}.")
   if _DATA_DIR.value:
     corpus = check_ptb(_DATA_DIR.value)
     vocab_size = corpus.vocab_size
@@ -124,7 +138,6 @@ def main(argv):
     for impl in (["reference"] if config.network == "rnn" else _STEP_IMPLS.value)
   ]
 
-  hparams = lm_config.LMTrainConfig().hparams(1)
   print(
     f"\nThroughput: train step (fwd + bwd + SGD), B = {batch}, T = {unroll}, "
     f"{steps} steps per jitted scan, best of {_REPEATS.value}; "
@@ -132,12 +145,13 @@ def main(argv):
     f"{platform.processor() or platform.machine()}), jax {jax.__version__}"
   )
   print(
-    f"{'network':<10}{'step':>10}{'hidden':>7}{'params':>11}{'compile s':>11}{'ms/step':>10}"
-    f"{'tokens/s':>10}"
+    f"{'network':<10}{'step':>10}{'hidden':>7}{'params':>11}{'seeds':>6}{'compile s':>11}"
+    f"{'ms/step':>10}{'tokens/s':>10}{'per seed':>10}"
   )
-  for config in configs:
-    state = lm_train.init_states(config, seed=0, num_seeds=1)
-    carry = lm_train.initial_carry(config, batch, num_seeds=1)
+  hparams = lm_config.LMTrainConfig().hparams(1)
+  for config, num_seeds in itertools.product(configs, seed_counts):
+    state = lm_train.init_states(config, seed=0, num_seeds=num_seeds)
+    carry = lm_train.initial_carry(config, batch, num_seeds=num_seeds)
     train_chunk, compile_s = lm_train.compiled_chunk(config, True, state, carry, split, hparams)
     best = float("inf")
     for _ in range(_REPEATS.value):
@@ -151,8 +165,9 @@ def main(argv):
       raise SystemExit(f"{config.network}: non-finite loss in the benchmark.")
     print(
       f"{config.network:<10}{_step_name(config):>10}{config.hidden_size:>7}"
-      f"{lm.count_params(config):>11,}"
+      f"{lm.count_params(config):>11,}{num_seeds:>6}"
       f"{compile_s:>11.1f}{1000 * best / steps:>10.1f}"
+      f"{num_seeds * batch * unroll * steps / best:>10,.0f}"
       f"{batch * unroll * steps / best:>10,.0f}",
       flush=True,
     )

@@ -82,3 +82,32 @@ def test_ptb_grid_chooses_on_seed_0_valid_ppl_after_the_screen_epoch():
   assert make_table.folder_name("rnn", strong, 0) == "rnn_l2_0.0001_seed0"
   assert make_table.setting_label(strong) == "l2 0.0001"
   assert [e["seed"] for e in make_table.at_chosen(entries, chosen, "rnn")] == [0]
+
+
+def _lm_workdir(path, valid):
+  """A train.lm-like workdir of one seed: config.json, and metrics.csv with
+  training rows between the epoch-end rows of `valid`."""
+  os.makedirs(path)
+  train = dict(network="plastic", seed=0, num_seeds=1, l2_penalty=1e-4, lr_decay=0.33)
+  train.update(decay_after_epoch=5, init_scale=0.1)
+  with open(os.path.join(path, "config.json"), "w") as f:
+    json.dump(dict(train=train, model=dict(hidden_size=8)), f)
+  with open(os.path.join(path, "metrics.csv"), "w", newline="") as f:
+    writer = csv.writer(f)
+    writer.writerow(["step", "train_ppl_seed0", "valid_ppl", "valid_ppl_seed0"])
+    for epoch, ppl in enumerate(valid):
+      writer.writerow([10 * epoch + 5, 300.0, "", ""])
+      writer.writerow([10 * epoch + 10, "", ppl, ppl])
+  return str(path)
+
+
+def test_ptb_best_screen_picks_the_lowest_screen_epoch_ppl_once_all_screens_got_there(tmp_path):
+  screen = make_table.SCREEN_EPOCH
+  low = _lm_workdir(tmp_path / "low", [150.0] * (screen - 1) + [110.0, 130.0])
+  high = _lm_workdir(tmp_path / "high", [140.0] * (screen - 1) + [112.0, 100.0])
+  assert make_table.best_screen([high, low]) == low  # later epochs do not count
+  short = _lm_workdir(tmp_path / "short", [100.0] * (screen - 1))
+  with pytest.raises(ValueError, match="not screened yet"):
+    make_table.best_screen([low, short])
+  with pytest.raises(ValueError, match="no train.lm run"):
+    make_table.best_screen([low, str(tmp_path / "missing")])

@@ -102,41 +102,51 @@ def collect(workdir: str) -> str:
   return out
 
 
-def load_runs() -> list[dict]:
-  """One entry per seed: network, seed, complete, valid per epoch, test ppl, settings."""
+def read_run(folder: str) -> list[dict]:
+  """One entry per seed of a run folder here or a train.lm workdir: network,
+  seed, complete, valid per epoch, test ppl, settings."""
   entries = []
-  for folder in sorted(glob.glob(os.path.join(RUNS, "*"))):
-    with open(os.path.join(folder, "config.json")) as f:
-      config = json.load(f)
-    train = config["train"]
-    num_seeds = int(train.get("num_seeds", 1))
-    with open(os.path.join(folder, "metrics_epochs.csv"), newline="") as f:
-      rows = list(csv.DictReader(f))
-    valid_rows = [r for r in rows if r.get("valid_ppl")]
-    test_rows = [r for r in rows if r.get("test_ppl")]
-    results = {}
-    if os.path.exists(os.path.join(folder, "results.json")):
-      with open(os.path.join(folder, "results.json")) as f:
-        results = json.load(f)
-    for s in range(num_seeds):
-      valid = [float(r[f"valid_ppl_seed{s}"]) for r in valid_rows]
-      test = float(test_rows[-1][f"test_ppl_seed{s}"]) if test_rows else math.nan
-      entries.append(
-        dict(
-          folder=os.path.relpath(folder, HERE),
-          network=train["network"],
-          seed=int(train["seed"]) + s,
-          epochs=len(valid),
-          valid=valid,
-          test=test,
-          complete=len(valid) >= EPOCHS and not math.isnan(test),
-          hidden_size=config["model"]["hidden_size"],
-          num_params=config.get("num_params"),
-          tokens_per_s=results.get("tokens_per_s"),
-          settings=train,
-          setting=setting_of(train),
-        )
+  with open(os.path.join(folder, "config.json")) as f:
+    config = json.load(f)
+  train = config["train"]
+  num_seeds = int(train.get("num_seeds", 1))
+  metrics = os.path.join(folder, "metrics_epochs.csv")
+  if not os.path.exists(metrics):  # a workdir: every row, the epoch ends among them
+    metrics = os.path.join(folder, "metrics.csv")
+  with open(metrics, newline="") as f:
+    rows = list(csv.DictReader(f))
+  valid_rows = [r for r in rows if r.get("valid_ppl")]
+  test_rows = [r for r in rows if r.get("test_ppl")]
+  results = {}
+  if os.path.exists(os.path.join(folder, "results.json")):
+    with open(os.path.join(folder, "results.json")) as f:
+      results = json.load(f)
+  for s in range(num_seeds):
+    valid = [float(r[f"valid_ppl_seed{s}"]) for r in valid_rows]
+    test = float(test_rows[-1][f"test_ppl_seed{s}"]) if test_rows else math.nan
+    entries.append(
+      dict(
+        folder=os.path.relpath(folder, HERE),
+        network=train["network"],
+        seed=int(train["seed"]) + s,
+        epochs=len(valid),
+        valid=valid,
+        test=test,
+        complete=len(valid) >= EPOCHS and not math.isnan(test),
+        hidden_size=config["model"]["hidden_size"],
+        num_params=config.get("num_params"),
+        tokens_per_s=results.get("tokens_per_s"),
+        settings=train,
+        setting=setting_of(train),
       )
+    )
+  return entries
+
+
+def load_runs() -> list[dict]:
+  """read_run of every folder in runs/, one entry per (network, setting, seed):
+  the longest."""
+  entries = [e for folder in sorted(glob.glob(os.path.join(RUNS, "*"))) for e in read_run(folder)]
   longest = {}
   for e in entries:
     key = (e["network"], e["setting"], e["seed"])
@@ -160,6 +170,28 @@ def interval(values: np.ndarray) -> str:
 def rank_sum(a: np.ndarray, b: np.ndarray) -> str:
   p = summary.rank_sum(a, b)
   return "n/a (fewer than 2 seeds)" if np.isnan(p) else f"{p:.3f} (n = {len(a)} vs {len(b)})"
+
+
+def best_screen(workdirs: list[str]) -> str:
+  """The workdir whose seed-0 run has the lowest validation perplexity after
+  SCREEN_EPOCH epochs (the rule of `choose`), once every one got that far."""
+  screens = {}
+  for workdir in workdirs:
+    if not os.path.exists(os.path.join(workdir, "config.json")):
+      raise ValueError(f"{workdir}: no train.lm run there (no config.json).")
+    try:
+      seed0 = [e for e in read_run(workdir) if e["seed"] == 0]
+    except OSError as e:
+      raise ValueError(f"{workdir}: cannot read its metrics ({e}).") from e
+    if not seed0 or seed0[0]["epochs"] < SCREEN_EPOCH:
+      raise ValueError(
+        f"{workdir}: not screened yet (seed 0 must reach epoch {SCREEN_EPOCH}); "
+        "run or resume it first."
+      )
+    screens[workdir] = seed0[0]["valid"][SCREEN_EPOCH - 1]
+  if not screens:
+    raise ValueError("No screens given.")
+  return min(screens, key=screens.get)
 
 
 def choose(entries: list[dict]) -> dict:
@@ -292,7 +324,21 @@ def figure(entries: list[dict], chosen: dict, path: str) -> None:
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--collect", nargs="*", default=[], help="train.lm workdirs to copy in")
+  parser.add_argument(
+    "--best_screen",
+    nargs="+",
+    metavar="WORKDIR",
+    help="only print which of these train.lm workdirs (one variant's screens) the rule "
+    "chooses; exit status 3 while one of them has not reached the screen epoch",
+  )
   args = parser.parse_args()
+  if args.best_screen:
+    try:
+      print(best_screen(args.best_screen))
+    except ValueError as e:
+      print(f"make_table.py --best_screen: {e}", file=sys.stderr)
+      sys.exit(3)
+    return
   for workdir in args.collect:
     print(f"collected {workdir} -> {collect(workdir)}")
   entries = load_runs()
