@@ -143,6 +143,47 @@ def table(groups: dict, window: int, pairs: list[tuple[str, str]]) -> str:
   return "\n".join(lines) + "\n"
 
 
+def load_evaluations(folder: str) -> dict:
+  """{(policy, group): {agent seed: (iteration, mean reward)}} from the
+  folder's train.evaluate JSONs (evaluation*.json); of two evaluations of the
+  same agent and policy, the later iteration's."""
+  found = {}
+  for path in sorted(glob.glob(os.path.join(folder, "evaluation*.json"))):
+    with open(path) as f:
+      result = json.load(f)
+    group = f"{result['network']}_{result.get('baseline', 'batch0')}"
+    agents = found.setdefault((result["policy"], group), {})
+    for a in result["agents"]:
+      seed = a.get("agent_seed", a["agent"])  # written before agent_seed: 0-based runs
+      if seed not in agents or agents[seed][0] < result["iteration"]:
+        agents[seed] = (result["iteration"], a["mean"])
+  return found
+
+
+def evaluation_table(evaluations: dict, pairs: list[tuple[str, str]]) -> str:
+  """Markdown: per policy and group, each agent's mean reward on fresh
+  episodes (by seed), their median, and the pairs' rank-sum p."""
+  lines = [
+    "| policy | group | iteration | reward per agent (seed: mean) | median (n) |",
+    "|---|---|---|---|---|",
+  ]
+  for (policy, group), agents in sorted(evaluations.items()):
+    iterations = sorted({it for it, _ in agents.values()})
+    per_agent = ", ".join(f"{s}: {m:.1f}" for s, (_, m) in sorted(agents.items()))
+    means = [m for _, m in agents.values()]
+    lines.append(
+      f"| {policy} | {group} | {'/'.join(map(str, iterations))} | {per_agent} | "
+      f"{np.median(means):.1f} ({len(means)}) |"
+    )
+  for policy in sorted({p for p, _ in evaluations}):
+    for a, b in pairs:
+      if (policy, a) in evaluations and (policy, b) in evaluations:
+        get = lambda g: np.array([m for _, m in evaluations[(policy, g)].values()])  # noqa: E731
+        p = summary.rank_sum(get(a), get(b))
+        lines.append(f"\n{policy}: rank-sum p {a} vs {b} = {p:.3f}")
+  return "\n".join(lines) + "\n"
+
+
 def figure(groups: dict, path: str, title: str) -> None:
   """Reward per episode (median and IQR over agents) and mean |m(t)| vs iteration."""
   from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
@@ -190,3 +231,9 @@ def main(folder: str, title: str, window: int, pairs: list[tuple[str, str]]) -> 
     f.write(text)
   figure(groups, os.path.join(folder, "curves.png"), title)
   print(text)
+  evaluations = load_evaluations(folder)
+  if evaluations:
+    text = evaluation_table(evaluations, pairs)
+    with open(os.path.join(folder, "evaluation.md"), "w") as f:
+      f.write(text)
+    print(text)

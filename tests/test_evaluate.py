@@ -42,11 +42,15 @@ def test_rewards_are_the_rollouts_sums_and_reproducible(workdir):
 
 
 def test_exported_agent_evaluates_as_in_its_workdir(workdir, tmp_path):
+  config = evaluate_lib.load_agents(workdir)[0]
   out = evaluate_lib.export_agent(workdir, 1, str(tmp_path / "agent1"))
   assert sorted(os.listdir(out)) == ["config.json", "params.msgpack"]
   exported = evaluate_lib.evaluate(out, episodes=6, seed=2)
   original = evaluate_lib.evaluate(workdir, episodes=6, seed=2)
   assert len(exported["agents"]) == 1
+  # The exported agent keeps its seed in the run (agent 1 of a run from --seed=S is S + 1).
+  assert exported["agents"][0]["agent_seed"] == original["agents"][1]["agent_seed"]
+  assert [a["agent_seed"] for a in original["agents"]] == [config.seed, config.seed + 1]
   assert exported["agents"][0]["mean"] == pytest.approx(original["agents"][1]["mean"], abs=1e-6)
   with open(os.path.join(out, "params.msgpack"), "wb") as f:
     f.write(b"garbage")

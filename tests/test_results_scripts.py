@@ -111,3 +111,24 @@ def test_ptb_best_screen_picks_the_lowest_screen_epoch_ppl_once_all_screens_got_
     make_table.best_screen([low, short])
   with pytest.raises(ValueError, match="no train.lm run"):
     make_table.best_screen([low, str(tmp_path / "missing")])
+
+
+def test_evaluation_table_takes_each_agents_latest_evaluation_and_the_rank_sum(tmp_path):
+  def write(name, network, iteration, seeds_means, policy="sampled"):
+    agents = [dict(agent=i, agent_seed=s, mean=m) for i, (s, m) in enumerate(seeds_means)]
+    result = dict(network=network, baseline="batch0", iteration=iteration, policy=policy)
+    with open(tmp_path / f"evaluation_{name}.json", "w") as f:
+      json.dump(dict(result, agents=agents), f)
+
+  write("m", "modplast", 10000, [(0, 30.0), (1, 20.0), (2, 10.0)])
+  write("m3", "modplast", 500, [(3, 1.0)])
+  write("m3_later", "modplast", 10000, [(3, 40.0)])  # replaces seed 3's earlier one
+  write("p", "plastic", 10000, [(0, 5.0), (1, 6.0), (2, 7.0), (3, 8.0)])
+  evaluations = a2c_figure.load_evaluations(str(tmp_path))
+  assert evaluations[("sampled", "modplast_batch0")][3] == (10000, 40.0)
+  text = a2c_figure.evaluation_table(evaluations, [("modplast_batch0", "plastic_batch0")])
+  assert (
+    "| sampled | modplast_batch0 | 10000 | 0: 30.0, 1: 20.0, 2: 10.0, 3: 40.0 | 25.0 (4) |" in text
+  )
+  # 4 vs 4 with every modplast agent ahead: the smallest p, 2 / C(8, 4).
+  assert f"rank-sum p modplast_batch0 vs plastic_batch0 = {2 / 70:.3f}" in text

@@ -159,6 +159,7 @@ def evaluate(
     agents.append(
       dict(
         agent=a,
+        agent_seed=config.seed + a,
         mean=float(r.mean()),
         std=float(r.std()),
         sem=float(r.std(ddof=1) / math.sqrt(len(r))) if len(r) > 1 else float("nan"),
@@ -171,6 +172,7 @@ def evaluate(
     workdir=os.path.abspath(workdir),
     env=config.env,
     network=config.network,
+    baseline=config.baseline,
     iteration=iteration,
     episodes=episodes,
     seed=seed,
