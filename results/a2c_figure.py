@@ -151,10 +151,15 @@ def load_evaluations(folder: str) -> dict:
   for path in sorted(glob.glob(os.path.join(folder, "evaluation*.json"))):
     with open(path) as f:
       result = json.load(f)
-    group = f"{result['network']}_{result.get('baseline', 'batch0')}"
+    if "baseline" not in result or any("agent_seed" not in a for a in result["agents"]):
+      raise SystemExit(
+        f"{path} was written before train.evaluate named the baseline and each agent's "
+        "seed; evaluate the run again with --json_out."
+      )
+    group = f"{result['network']}_{result['baseline']}"
     agents = found.setdefault((result["policy"], group), {})
     for a in result["agents"]:
-      seed = a.get("agent_seed", a["agent"])  # written before agent_seed: 0-based runs
+      seed = a["agent_seed"]
       if seed not in agents or agents[seed][0] < result["iteration"]:
         agents[seed] = (result["iteration"], a["mean"])
   return found

@@ -120,13 +120,23 @@ ptb_final() {  # NETWORK L2 SEED: 13 epochs at the chosen setting (seed 0 contin
 
 # The plastic variants' finals at the L2 their screens chose (the rule of
 # make_table.py: lowest validation perplexity after epoch 6, seed 0); skipped,
-# and tried again by the next queue, until every screen of the network is done.
+# and tried again by the next queue, until every screen in PLASTIC_L2S of the
+# network is done.
+PLASTIC_L2S=(1e-4 3e-4)
 ptb_chosen() {  # NETWORK SEED...
-  local network="$1" best l2 seed
+  local network="$1" best l2 seed status screens=()
   shift
-  if ! best=$(python results/ptb_small/make_table.py --best_screen \
-    "$RUNS/ptb_${network}"_l2_*_e6_seed0); then
+  for l2 in "${PLASTIC_L2S[@]}"; do
+    screens+=("$RUNS/ptb_${network}_l2_${l2}_e6_seed0")
+  done
+  best=$(python results/ptb_small/make_table.py --best_screen "${screens[@]}")
+  status=$?
+  if ((status == 3)); then
     echo "$(date -u +%FT%TZ) skip ptb_chosen $network $* (its screens are not done)"
+    return 0
+  elif ((status != 0)); then
+    echo "$(date -u +%FT%TZ) FAILED ptb_chosen $network $* (make_table.py --best_screen" \
+      "exit $status; nothing was run)"
     return 0
   fi
   l2="${best##*/ptb_"${network}"_l2_}"
@@ -183,12 +193,10 @@ maze_one plastic 4 10000
 # default 1e-6 was 6 ppl worse after epoch 6).
 ptb_final rnn 1e-4 1
 ptb_final rnn 1e-4 2
-ptb_screen plastic 1e-4 3e-4
-ptb_chosen plastic 0
-ptb_screen modplast 1e-4 3e-4
-ptb_chosen modplast 0
-ptb_screen retromod 1e-4 3e-4
-ptb_chosen retromod 0
+for network in plastic modplast retromod; do
+  ptb_screen "$network" "${PLASTIC_L2S[@]}"
+  ptb_chosen "$network" 0
+done
 maze rnn 10000
 maze retromod 10000
 for seed in 1 2; do

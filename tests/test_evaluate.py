@@ -37,7 +37,7 @@ def test_rewards_are_the_rollouts_sums_and_reproducible(workdir):
   assert a == b and [x["agent"] for x in a["agents"]] == [0, 1]
   assert a["agents"][0]["min"] <= a["agents"][0]["mean"] <= a["agents"][0]["max"]
   greedy = evaluate_lib.evaluate(workdir, episodes=7, seed=1, greedy=True)
-  assert greedy["policy"] == "greedy"
+  assert greedy["policy"] == "greedy" and a["baseline"] == config.baseline
   assert "median of the agents' means" in evaluate_lib.format_table(a)
 
 

@@ -181,8 +181,8 @@ def best_screen(workdirs: list[str]) -> str:
       raise ValueError(f"{workdir}: no train.lm run there (no config.json).")
     try:
       seed0 = [e for e in read_run(workdir) if e["seed"] == 0]
-    except OSError as e:
-      raise ValueError(f"{workdir}: cannot read its metrics ({e}).") from e
+    except (OSError, KeyError, ValueError) as e:
+      raise ValueError(f"{workdir}: cannot read its config or metrics ({e!r}).") from e
     if not seed0 or seed0[0]["epochs"] < SCREEN_EPOCH:
       raise ValueError(
         f"{workdir}: not screened yet (seed 0 must reach epoch {SCREEN_EPOCH}); "
