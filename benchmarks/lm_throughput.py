@@ -113,7 +113,7 @@ def main(argv):
   try:
     seed_counts = [int(n) for n in _NUM_SEEDS.value]
   except ValueError:
-    seed_counts = [0]
+    seed_counts = []
   if not seed_counts or min(seed_counts) < 1:
     raise app.UsageError(f"--num_seeds: positive integers, e.g. 1,3; got {_NUM_SEEDS.value}.")
   if _DATA_DIR.value:

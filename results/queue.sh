@@ -97,16 +97,12 @@ LM=(train.lm --data_dir="$PTB")
 # (results/ptb_small/README.md). The plastic variants: 1e-4 and 3e-4, which
 # bracket the LSTM's optimum (their default, 1e-6, was 6 ppl worse for the
 # LSTM and is not screened); `ptb_chosen` runs the finals at the better one.
-ptb_screen() {  # NETWORK L2...: 6-epoch screens ("default": the network's default L2)
+ptb_screen() {  # NETWORK L2...: 6-epoch screens
   local network="$1" l2
   shift
   for l2 in "$@"; do
-    if [[ "$l2" == default ]]; then
-      job "ptb_${network}_e6_seed0" "${LM[@]}" --network="$network" --seed=0 --epochs=6
-    else
-      job "ptb_${network}_l2_${l2}_e6_seed0" "${LM[@]}" --network="$network" --seed=0 \
-        --l2_penalty="$l2" --epochs=6
-    fi
+    job "ptb_${network}_l2_${l2}_e6_seed0" "${LM[@]}" --network="$network" --seed=0 \
+      --l2_penalty="$l2" --epochs=6
   done
 }
 
@@ -182,15 +178,13 @@ ptb_screen rnn 1e-5 1e-4 3e-4
 maze modplast 10000
 ptb_final rnn 1e-4 0
 maze plastic 10000
-# The maze's 5 vs 5 at 10k iterations (~25 min per agent on the idle machine).
+# The maze's 5 vs 5 at 10k iterations (~20 min per agent on the idle machine).
 maze_one modplast 3 10000
 maze_one plastic 3 10000
 maze_one modplast 4 10000
 maze_one plastic 4 10000
 # Table 1 first (issue 18): it can be finished on this machine (~20 h of
-# runs); the full-length A2C runs cannot (~30 h maze, 50-130 h cue-reward).
-# The plastic variants' grid is L2 1e-4 and 3e-4 (the LSTM's two best; its
-# default 1e-6 was 6 ppl worse after epoch 6).
+# runs); the full-length A2C runs cannot (~30 h maze, ~50 h cue-reward).
 ptb_final rnn 1e-4 1
 ptb_final rnn 1e-4 2
 for network in plastic modplast retromod; do

@@ -172,6 +172,14 @@ def rank_sum(a: np.ndarray, b: np.ndarray) -> str:
   return "n/a (fewer than 2 seeds)" if np.isnan(p) else f"{p:.3f} (n = {len(a)} vs {len(b)})"
 
 
+def screen_ppl(entry: dict) -> float | None:
+  """What a setting is chosen on: the validation perplexity of its seed 0
+  after SCREEN_EPOCH epochs (None for other seeds or before that epoch)."""
+  if entry["seed"] != 0 or entry["epochs"] < SCREEN_EPOCH:
+    return None
+  return entry["valid"][SCREEN_EPOCH - 1]
+
+
 def best_screen(workdirs: list[str]) -> str:
   """The workdir whose seed-0 run has the lowest validation perplexity after
   SCREEN_EPOCH epochs (the rule of `choose`), once every one got that far."""
@@ -180,15 +188,15 @@ def best_screen(workdirs: list[str]) -> str:
     if not os.path.exists(os.path.join(workdir, "config.json")):
       raise ValueError(f"{workdir}: no train.lm run there (no config.json).")
     try:
-      seed0 = [e for e in read_run(workdir) if e["seed"] == 0]
+      ppls = [p for p in map(screen_ppl, read_run(workdir)) if p is not None]
     except (OSError, KeyError, ValueError) as e:
       raise ValueError(f"{workdir}: cannot read its config or metrics ({e!r}).") from e
-    if not seed0 or seed0[0]["epochs"] < SCREEN_EPOCH:
+    if not ppls:
       raise ValueError(
         f"{workdir}: not screened yet (seed 0 must reach epoch {SCREEN_EPOCH}); "
         "run or resume it first."
       )
-    screens[workdir] = seed0[0]["valid"][SCREEN_EPOCH - 1]
+    screens[workdir] = ppls[0]
   if not screens:
     raise ValueError("No screens given.")
   return min(screens, key=screens.get)
@@ -199,12 +207,8 @@ def choose(entries: list[dict]) -> dict:
   SCREEN_EPOCH epochs (None while no seed 0 got that far)."""
   chosen = {}
   for network in NETWORKS:
-    screened = [
-      e
-      for e in entries
-      if e["network"] == network and e["seed"] == 0 and e["epochs"] >= SCREEN_EPOCH
-    ]
-    best = min(screened, key=lambda e: e["valid"][SCREEN_EPOCH - 1], default=None)
+    screened = [e for e in entries if e["network"] == network and screen_ppl(e) is not None]
+    best = min(screened, key=screen_ppl, default=None)
     chosen[network] = best["setting"] if best else None
   return chosen
 
