@@ -200,6 +200,10 @@ own() {  # ENV NETWORK ITERATIONS (workdirs cue_... / maze_..., as the other job
 # a machine is not always handed back.
 ptb_screen plastic "${PLASTIC_L2S[@]}"
 ptb_chosen plastic 0
+# The maze's other two network types at 10k iterations (cheap on a fast
+# machine: ~0.014 s/it per rnn agent, ~0.05 modplast), for Fig. 2's four.
+maze rnn 10000
+maze retromod 10000
 ptb_final rnn 1e-4 1
 ptb_screen modplast "${PLASTIC_L2S[@]}"
 ptb_chosen modplast 0
@@ -211,8 +215,6 @@ for seed in 1 2; do
     ptb_chosen "$network" "$seed"
   done
 done
-maze rnn 10000
-maze retromod 10000
 cue modplast 1 30000
 own GridMaze-v0 modplast 10000
 cue modplast 1 60000
