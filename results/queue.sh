@@ -75,16 +75,26 @@ sys.exit(0 if c.latest_step(sys.argv[1]) is not None else 3)" "$dir/checkpoints"
   if ((status == 0)); then
     touch "$RUNS/$name.done"
     echo "$(date -u +%FT%TZ) done $name"
-    # A finished Penn Treebank run is copied into the repository's tree at
-    # once (results/ptb_small/runs/), so it outlives a machine that is not
-    # handed back (the workdirs and .done marks go with the machine).
-    if [[ "$1" == train.lm ]]; then
-      python results/ptb_small/make_table.py --collect "$dir" > /dev/null \
-        || echo "$(date -u +%FT%TZ) FAILED to collect $dir into results/ptb_small"
-    fi
+    collect "$dir" "$@"
   else
     echo "$(date -u +%FT%TZ) FAILED $name (exit $status; see $RUNS/$name.log)"
   fi
+}
+
+# collect DIR MODULE ARGS...: a finished run's results are copied into the
+# repository's tree at once (results/<figure>/ with its script's --collect),
+# so they outlive a machine that is not handed back (the workdirs and .done
+# marks go with the machine).
+collect() {
+  local dir="$1" script
+  case "$2 $*" in
+    "train.lm "*) script=results/ptb_small/make_table.py ;;
+    *--env=GridMaze-v0*) script=results/maze/make_figure.py ;;
+    *--env=CueReward-v0*) script=results/cue_reward/make_figure.py ;;
+    *) return 0 ;;
+  esac
+  python "$script" --collect "$dir" > /dev/null \
+    || echo "$(date -u +%FT%TZ) FAILED to collect $dir ($script --collect)"
 }
 
 LM=(train.lm --data_dir="$PTB")
