@@ -7,9 +7,10 @@
 # complete checkpoint), so a session that finds the machine as the last one left it just
 # starts the queue again. A finished run is marked `$RUNS/<name>.done` and
 # skipped; a run that fails is logged and the queue moves on (it is retried
-# next time). Logs: `$RUNS/<name>.log`. Workdirs stay outside git; what a run
-# produced goes into results/ with the scripts there (results/ptb_small/
-# make_table.py --collect, results/cue_reward/make_figure.py --collect).
+# next time). Logs: `$RUNS/<name>.log`. Workdirs stay outside git; what a
+# finished run produced is copied into results/ at once by the script there
+# (results/ptb_small/make_table.py, results/maze/make_figure.py,
+# results/cue_reward/make_figure.py, each with --collect): commit it.
 #
 # A job waits while any `python -m train.*` or `benchmarks.*` runs (so a
 # restarted queue never runs two at once, nor starts a job during a benchmark).
