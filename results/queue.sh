@@ -146,7 +146,8 @@ ptb_chosen() {  # NETWORK SEED...
   # Each screen's workdir, or what was collected of it into the repository
   # when the workdir went with an earlier machine.
   for l2 in "${PLASTIC_L2S[@]}"; do
-    collected="results/ptb_small/runs/${network}_l2_$(python -c "print(f'{float(\"$l2\"):g}')")_seed0"
+    collected=$(python -c "import sys; sys.path.insert(0, 'results/ptb_small'); import make_table
+print(make_table.screen_folder(sys.argv[1], float(sys.argv[2])))" "$network" "$l2")
     if [[ ! -d "$RUNS/ptb_${network}_l2_${l2}_e6_seed0" && -d "$collected" ]]; then
       screens+=("$collected")
     else
@@ -164,9 +165,15 @@ ptb_chosen() {  # NETWORK SEED...
     return 0
   fi
   local i
+  l2=
   for i in "${!screens[@]}"; do
     [[ "${screens[i]}" == "$best" ]] && l2="${PLASTIC_L2S[i]}"
   done
+  if [[ -z "$l2" ]]; then
+    echo "$(date -u +%FT%TZ) FAILED ptb_chosen $network $* (--best_screen printed $best," \
+      "none of the screens given; nothing was run)"
+    return 0
+  fi
   for seed in "$@"; do
     ptb_final "$network" "$l2" "$seed"
   done

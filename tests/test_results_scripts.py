@@ -132,3 +132,12 @@ def test_evaluation_table_takes_each_agents_latest_evaluation_and_the_rank_sum(t
   )
   # 4 vs 4 with every modplast agent ahead: the smallest p, 2 / C(8, 4).
   assert f"rank-sum p modplast_batch0 vs plastic_batch0 = {2 / 70:.3f}" in text
+
+
+def test_ptb_screen_folder_is_where_collect_puts_a_screen(tmp_path, monkeypatch):
+  monkeypatch.setattr(make_table, "RUNS", str(tmp_path / "runs"))
+  screen = _lm_workdir(tmp_path / "screen", [150.0] * make_table.SCREEN_EPOCH)
+  assert make_table.collect(screen) == make_table.screen_folder("plastic", 1e-4)
+  assert make_table.screen_folder("plastic", 1e-4).endswith("plastic_l2_0.0001_seed0")
+  # At the default L2 the folder name has no setting in it.
+  assert make_table.screen_folder("rnn", 1e-6).endswith(os.sep + "rnn_seed0")

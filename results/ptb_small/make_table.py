@@ -79,6 +79,12 @@ def folder_name(network: str, setting: tuple, seed: int) -> str:
   return network + "".join(f"_{name}_{v:g}" for name, v in changed(setting)) + f"_seed{seed}"
 
 
+def screen_folder(network: str, l2_penalty: float) -> str:
+  """Where `collect` puts the seed-0 run of `network` at this L2 and the
+  other settings' defaults (an L2 screen, once collected)."""
+  return os.path.join(RUNS, folder_name(network, (l2_penalty, *DEFAULT_SETTING[1:]), 0))
+
+
 def collect(workdir: str) -> str:
   """Copies a train.lm workdir's results into runs/<network>_seed<k>/; returns that folder."""
   with open(os.path.join(workdir, "config.json")) as f:
