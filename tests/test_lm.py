@@ -191,6 +191,73 @@ def test_train_step_equals_the_old_sgd_formula(clip):
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
 
 
+def test_train_chunk_carries_the_state_from_one_minibatch_to_the_next():
+  """h, c, Hebb and E go on from minibatch to minibatch (SPEC §5.7): the scan
+  of `train_chunk` equals `train_step` by hand with each step's carry passed
+  on, and differs from the same steps started from a zero carry."""
+  config = lm.LMConfig(vocab_size=12, hidden_size=6, network="retromod", init_scale=0.5)
+  model = lm.PlasticLSTMLanguageModel(config)
+  state = lm_learner.init_state(model, jax.random.key(0))
+  state = state.replace(
+    params=jax.tree_util.tree_map_with_path(
+      lambda path, x: jnp.full_like(x, 0.5) if path[-1].key == "alpha" else x, state.params
+    )
+  )
+  tokens = np.asarray(jax.random.randint(jax.random.key(1), (3, 3 * 5 + 1), 0, 12))
+  split = lm_learner.Split.from_ids(tokens.T.reshape(-1), batch_size=3, unroll=5)
+  assert len(split) == 3
+  hparams = lm_learner.LMHParams(learning_rate=0.5, l2_penalty=0.0, grad_clip_norm=5.0)
+  carry0 = model.initialize_carry(3)
+  chunk = jax.jit(functools.partial(lm_learner.train_chunk, model))
+  got_state, got_carry, got = chunk(
+    state, carry0, split.inputs, split.targets, split.active, hparams
+  )
+  step = jax.jit(functools.partial(lm_learner.train_step, model))
+  by_hand, fresh = state, state
+  carry, nll, fresh_nll = carry0, [], []
+  for t in range(3):
+    by_hand, carry, metrics = step(by_hand, carry, split.inputs[t], split.targets[t], hparams)
+    nll.append(float(metrics["nll"]))
+    fresh, _, metrics = step(fresh, carry0, split.inputs[t], split.targets[t], hparams)
+    fresh_nll.append(float(metrics["nll"]))
+  np.testing.assert_allclose(np.asarray(got["nll"]), nll, rtol=1e-5)
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+    (got_state.params, got_carry),
+    (by_hand.params, carry),
+  )
+  # Traces built up over the three minibatches (E's rate starts at 0.01).
+  assert float(jnp.abs(got_carry[0].traces.hebb).max()) > 1e-4
+  assert float(jnp.abs(got_carry[0].traces.elig).max()) > 1e-4
+  # A zero carry at each minibatch is another run from the second one on.
+  assert fresh_nll[0] == pytest.approx(nll[0], rel=1e-6)
+  assert abs(fresh_nll[2] - nll[2]) > 1e-3
+
+
+def test_the_host_loop_carries_the_state_across_chunks(corpus_dir, tmp_path):
+  """Chunks of 1 minibatch (the carry crosses the host loop at every step)
+  give the run of chunks of 4 (it crosses inside the compiled scan)."""
+  results = []
+  for chunk_size in (1, 4):
+    config = lm_config.LMTrainConfig(
+      data_dir=corpus_dir,
+      network="modplast",
+      epochs=1,
+      max_steps_per_epoch=4,
+      max_eval_minibatches=2,
+      **dict(TINY, chunk_size=chunk_size),
+    )
+    results.append(lm_train.train_and_evaluate(config, str(tmp_path / f"chunk{chunk_size}")))
+  one, four = results
+  assert int(one["state"].step[0]) == int(four["state"].step[0]) == 4
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+    one["state"].params,
+    four["state"].params,
+  )
+  assert one["valid_ppl"][0] == pytest.approx(four["valid_ppl"][0], rel=1e-4)
+
+
 def test_old_config_json_gets_the_fields_it_predates():
   saved = lm_config.LMTrainConfig(data_dir="ptb", hidden_size=16).to_dict()
   del saved["plastic_gates"], saved["alpha_kind"]  # Not fields before the split.
