@@ -95,6 +95,12 @@ def test_lm_config_variants():
     assert pcfg.network == network and pcfg.rule == "clip"
     assert pcfg.fan_out == (network in ("modplast", "retromod"))
     assert pcfg.eta_kind == ("full" if network == "plastic" else "scalar")
+    # SPEC §4: one tanh modulator from h_t, full alpha, trace bound c = 2.0,
+    # plasticity on the cell-candidate path only (the defaults Table 1 runs with).
+    assert pcfg.modulation_fn == "tanh" and pcfg.num_modulators == 1
+    assert pcfg.alpha_kind == "full" and not pcfg.partial_modulation
+  train_defaults = lm_config.LMTrainConfig(data_dir="ptb").model_config(10)
+  assert train_defaults.clip_value == 2.0 and train_defaults.plastic_gates is False
   with pytest.raises(ValueError, match="network"):
     lm.LMConfig(vocab_size=10, network="lstm")
   with pytest.raises(ValueError, match="dropout_rate"):
