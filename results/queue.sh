@@ -210,24 +210,19 @@ own() {  # ENV NETWORK ITERATIONS (workdirs cue_... / maze_..., as the other job
     --network="$2" --baseline=own --num_seeds=3 --iterations="$3" --checkpoint_every=500
 }
 
-# Done, and in results/ (their workdirs went with the machine of 2026-12-07,
-# so their .done marks too; they are not listed any more): ptb_rnn_seed0,
-# the LSTM's screens (1e-5, 1e-4, 3e-4), ptb_final rnn 1e-4 0; maze
-# modplast/plastic with 3 seeds to 10000 and seeds 3 and 4 to 10000.
+# Done, and in results/ (they are not listed any more, so that a new
+# machine, which has none of their workdirs or .done marks, does not run
+# them again): ptb_rnn_seed0, the LSTM's screens (1e-5, 1e-4, 3e-4),
+# ptb_final rnn 1e-4 0 and 1; the plastic and modplast screens (3e-5, 1e-4,
+# 3e-4) and ptb_chosen plastic 0, modplast 0 (both 1e-4); maze
+# modplast/plastic/rnn/retromod with 3 seeds to 10000 and modplast/plastic
+# seeds 3 and 4 to 10000. ptb_chosen of seeds 1 and 2 reads a screen's
+# collected folder where its workdir is gone.
 #
-# Table 1 first (issue 18): it can be finished on this machine (~20 h of
-# runs); the full-length A2C runs cannot (~30 h maze, ~50 h cue-reward).
-# Each job fits in one session (screens ~1 h, a 13-epoch run ~1.5-2 h), as
-# a machine is not always handed back.
-ptb_screen plastic "${PLASTIC_L2S[@]}"
-ptb_chosen plastic 0
-# The maze's other two network types at 10k iterations (cheap on a fast
-# machine: ~0.014 s/it per rnn agent, ~0.05 modplast), for Fig. 2's four.
-maze rnn 10000
-maze retromod 10000
-ptb_final rnn 1e-4 1
-ptb_screen modplast "${PLASTIC_L2S[@]}"
-ptb_chosen modplast 0
+# Table 1 first (issue 18): it can be finished on this machine (~5 h of
+# runs left); the full-length A2C runs take longer (~11 h maze to 50k,
+# ~20 h cue-reward to 180k). Each job fits in one session (a 6-epoch screen
+# ~25 min, a 13-epoch run ~35-55 min), as a machine is not always handed back.
 ptb_final rnn 1e-4 2
 ptb_screen retromod "${PLASTIC_L2S[@]}"
 ptb_chosen retromod 0
