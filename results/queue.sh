@@ -219,7 +219,7 @@ own() {  # ENV NETWORK ITERATIONS (workdirs cue_... / maze_..., as the other job
 # seeds 3 and 4 to 10000. ptb_chosen of seeds 1 and 2 reads a screen's
 # collected folder where its workdir is gone.
 #
-# Table 1 first (issue 18): it can be finished on this machine (~5 h of
+# Table 1 first (issue 18): it can be finished on this machine (~7.5 h of
 # runs left); the full-length A2C runs take longer (~11 h maze to 50k,
 # ~20 h cue-reward to 180k). Each job fits in one session (a 6-epoch screen
 # ~25 min, a 13-epoch run ~35-55 min), as a machine is not always handed back.
