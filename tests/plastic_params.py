@@ -32,3 +32,16 @@ def random_params(
   dtype = jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
   p = {k: jnp.asarray(v, dtype) for k, v in p.items()}
   return plasticity.PlasticParams(**p)
+
+
+def with_plasticity(params, alpha: float = 0.5, eta: float | None = None):
+  """A Flax params tree with every `alpha` (and, if given, every `eta`) set to
+  one value, so that the Hebbian traces visibly shape the outputs (at init,
+  alpha ~ U(0, 0.01) and eta 0.01 barely do)."""
+  values = {"alpha": alpha, "eta": eta}
+  return jax.tree_util.tree_map_with_path(
+    lambda path, x: (
+      x if values.get(path[-1].key) is None else jnp.full_like(x, values[path[-1].key])
+    ),
+    params,
+  )

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bpm_jax import PlasticityConfig, PlasticLSTMCell, PlasticRNNCell, plasticity
+from bpm_jax import PlasticityConfig, PlasticLSTMCell, PlasticRNNCell, fused_step, plasticity
 
 NETWORKS = ["rnn", "plastic", "modplast", "retromod"]
 
@@ -62,6 +62,35 @@ def test_rnn_cell_calls_core_with_its_params():
     carry, h = cell.apply(variables, carry, x)
     np.testing.assert_allclose(h, want.h, atol=1e-6)
     np.testing.assert_allclose(carry.traces.elig, want.traces.elig, atol=1e-6)
+
+
+@pytest.mark.parametrize("step_impl", ["reference", "fused"])
+def test_lstm_cell_calls_core_with_its_params(step_impl):
+  """The LSTM cell computes exactly plasticity.lstm_step on its own parameters
+  (input Dense, gate_kernel and the plastic path), with either step_impl."""
+  if step_impl == "fused" and not fused_step.available():
+    pytest.skip("the fused kernel cannot build here (the reference case still runs)")
+  config = PlasticityConfig(network="modplast", fan_out=True)
+  cell = PlasticLSTMCell(
+    features=5, config=config, clip_value=0.05, init_scale=0.8, step_impl=step_impl
+  )
+  x = jax.random.normal(jax.random.key(3), (2, 4))
+  carry = cell.initialize_carry(None, x.shape)
+  variables = cell.init(jax.random.key(4), carry, x)
+  prm = dict(variables["params"])
+  dense, gate_kernel = prm.pop("input"), prm.pop("gate_kernel")
+  core = plasticity.PlasticParams(**{**prm, "alpha": jnp.full_like(prm["alpha"], 0.5)})
+  variables = {"params": {**variables["params"], "alpha": core.alpha}}
+  want = carry
+  for _ in range(3):
+    want, (h_want, m_want) = jax.vmap(
+      lambda s, xd: plasticity.lstm_step(core, gate_kernel, s, xd, config, 0.05)
+    )(want, x @ dense["kernel"] + dense["bias"])
+    carry, h = cell.apply(variables, carry, x)
+    np.testing.assert_allclose(h, h_want, atol=1e-5)
+    np.testing.assert_allclose(carry.c, want.c, atol=1e-5)
+    np.testing.assert_allclose(carry.traces.hebb, want.traces.hebb, atol=1e-5)
+  np.testing.assert_allclose(np.abs(np.asarray(want.traces.hebb)).max(), 0.05)  # the clip binds
 
 
 def test_rnn_cell_reference_initialisation():

@@ -15,6 +15,7 @@ import pytest
 from bpm_jax import fused_lstm, fused_step, lm, plasticity
 from bpm_jax.cells import PlasticLSTMCell
 from bpm_jax.config import PlasticityConfig
+from tests.plastic_params import with_plasticity
 
 pytestmark = pytest.mark.skipif(not fused_step.available(), reason="fused kernel cannot build here")
 
@@ -204,11 +205,13 @@ def test_bad_shapes_are_a_clear_error():
     )
 
 
-@pytest.mark.parametrize("network", ["plastic", "retromod"])
+@pytest.mark.parametrize("network", ["plastic", "modplast", "retromod"])
 def test_language_model_fused_equals_reference(network):
-  """The LM's loss and gradients with step_impl='fused' and 'reference', with
-  carried state (two consecutive minibatches)."""
-  base = lm.LMConfig(vocab_size=23, hidden_size=H, network=network, num_layers=2)
+  """The LM's loss, gradients and carried state with step_impl='fused' and
+  'reference' over two consecutive minibatches, with weights, alpha and eta
+  large enough that the traces grow to O(1) (at init, alpha ~ U(0, 0.01) and
+  eta 0.01 leave them too small for a difference to show)."""
+  base = lm.LMConfig(vocab_size=23, hidden_size=H, network=network, num_layers=2, init_scale=1.0)
   models = {
     impl: lm.PlasticLSTMLanguageModel(dataclasses.replace(base, step_impl=impl))
     for impl in ("reference", "fused")
@@ -218,17 +221,27 @@ def test_language_model_fused_equals_reference(network):
   params = models["reference"].init(jax.random.key(1), carry, tokens[0])["params"]
   params_fused = models["fused"].init(jax.random.key(1), carry, tokens[0])["params"]
   jax.tree.map(np.testing.assert_array_equal, params, params_fused)
+  params = with_plasticity(params, alpha=0.5, eta=0.5)
 
   def loss(model, params):
     c, total = carry, 0.0
     for batch in tokens:
       c, logits = model.apply({"params": params}, c, batch)
       total += jnp.mean(lm.sequence_nll(logits, batch))
-    return total
+    return total, c
 
-  want, want_grad = jax.jit(jax.value_and_grad(lambda p: loss(models["reference"], p)))(params)
-  got, got_grad = jax.jit(jax.value_and_grad(lambda p: loss(models["fused"], p)))(params)
+  value_and_grad = lambda impl: jax.jit(
+    jax.value_and_grad(lambda p: loss(models[impl], p), has_aux=True)
+  )(params)
+  (want, want_carry), want_grad = value_and_grad("reference")
+  (got, got_carry), got_grad = value_and_grad("fused")
+  assert float(jnp.max(jnp.abs(want_carry[0].traces.hebb))) > 0.3
   assert_close(got, want, "loss")
+  jax.tree_util.tree_map_with_path(
+    lambda path, a, b: assert_close(a, b, f"carry{jax.tree_util.keystr(path)}"),
+    got_carry,
+    want_carry,
+  )
   jax.tree_util.tree_map_with_path(
     lambda path, a, b: assert_close(a, b, jax.tree_util.keystr(path)), got_grad, want_grad
   )

@@ -19,6 +19,7 @@ from absl import flags
 
 from bpm_jax import lm, ptb
 from bpm_jax.config import NETWORKS
+from tests.plastic_params import with_plasticity
 from train import lm as train_lm
 from train import lm_config, lm_learner, lm_train
 from train import metrics as metrics_lib
@@ -56,13 +57,6 @@ def unigram_perplexity(corpus: ptb.Corpus, split: str) -> float:
   return float(np.exp(-np.mean(np.log(probs[corpus.split(split)]))))
 
 
-def with_large_alpha(params):
-  """Every alpha at 0.5, so the Hebbian traces visibly shape the outputs."""
-  return jax.tree_util.tree_map_with_path(
-    lambda path, x: jnp.full_like(x, 0.5) if path[-1].key == "alpha" else x, params
-  )
-
-
 # --------------------------------------------------------------------------
 # Model.
 
@@ -73,7 +67,7 @@ def test_carry_over_two_halves_equals_one_pass(network):
   model = lm.PlasticLSTMLanguageModel(config)
   tokens = jax.random.randint(jax.random.key(1), (3, 12), 0, 20)
   carry0 = model.initialize_carry(3)
-  params = with_large_alpha(model.init(jax.random.key(0), carry0, tokens[:, :1])["params"])
+  params = with_plasticity(model.init(jax.random.key(0), carry0, tokens[:, :1])["params"])
   apply = jax.jit(model.apply)
   carry_full, logits_full = apply({"params": params}, carry0, tokens)
   carry_half, logits_a = apply({"params": params}, carry0, tokens[:, :6])
@@ -207,7 +201,7 @@ def test_train_chunk_carries_the_state_from_one_minibatch_to_the_next():
   config = lm.LMConfig(vocab_size=12, hidden_size=6, network="retromod", init_scale=0.5)
   model = lm.PlasticLSTMLanguageModel(config)
   state = lm_learner.init_state(model, jax.random.key(0))
-  state = state.replace(params=with_large_alpha(state.params))
+  state = state.replace(params=with_plasticity(state.params))
   tokens = np.asarray(jax.random.randint(jax.random.key(1), (3, 3 * 5 + 1), 0, 12))
   split = lm_learner.Split.from_ids(tokens.T.reshape(-1), batch_size=3, unroll=5)
   assert len(split) == 3
