@@ -24,7 +24,8 @@ Writes `table.md` (mean test perplexity with a 95% t-interval over seeds per
 variant next to the paper's, and two-sided Wilcoxon rank-sum tests, computed
 exactly as Mann-Whitney U, for the paper's three comparisons) and
 `curves.png` (validation perplexity vs epoch: median and range over seeds at
-the chosen settings; right: every screened setting's seed 0).
+the chosen settings; middle: every screened setting's seed 0; right: each
+seed's test perplexity, the mean with its 95% interval and the paper's mean).
 Validation perplexity only ever chooses settings; test perplexity is reported.
 """
 
@@ -164,12 +165,19 @@ def load_runs() -> list[dict]:
   return list(longest.values())
 
 
-def interval(values: np.ndarray) -> str:
-  """mean [95% t-interval] (no interval for one value)."""
+def t_interval(values: np.ndarray) -> tuple[float, float]:
+  """(mean, half-width of the 95% t-interval); the half-width is NaN for one value."""
   mean = float(np.mean(values))
   if len(values) < 2:
+    return mean, math.nan
+  return mean, stats.t.ppf(0.975, len(values) - 1) * np.std(values, ddof=1) / math.sqrt(len(values))
+
+
+def interval(values: np.ndarray) -> str:
+  """mean [95% t-interval] (no interval for one value)."""
+  mean, half = t_interval(values)
+  if math.isnan(half):
     return f"{mean:.2f}"
-  half = stats.t.ppf(0.975, len(values) - 1) * np.std(values, ddof=1) / math.sqrt(len(values))
   return f"{mean:.2f} [{mean - half:.2f}, {mean + half:.2f}]"
 
 
@@ -290,12 +298,43 @@ def table(entries: list[dict], chosen: dict) -> str:
   return "\n".join(lines) + "\n"
 
 
+def test_panel(ax, entries: list[dict], chosen: dict) -> None:
+  """Table 1 as a picture: each complete seed's test perplexity, the mean with
+  its 95% t-interval, and the paper's mean, per variant."""
+  for i, network in enumerate(NETWORKS):
+    tests = np.array([e["test"] for e in at_chosen(entries, chosen, network) if e["complete"]])
+    ax.plot(i, PAPER_TEST_PPL[network], "k_", ms=22, mew=2, label="paper" if i == 0 else None)
+    if not len(tests):
+      continue
+    offsets = np.linspace(-0.12, 0.12, len(tests)) if len(tests) > 1 else np.zeros(1)
+    ax.plot(i - 0.2 + offsets, tests, "o", color=f"C{i}", ms=5, alpha=0.8)
+    mean, half = t_interval(tests)
+    ax.errorbar(
+      i + 0.15,
+      mean,
+      yerr=None if math.isnan(half) else half,
+      fmt="s",
+      color=f"C{i}",
+      capsize=4,
+      label="mean [95% CI]" if i == 0 else None,
+    )
+  ax.set_xticks(range(len(NETWORKS)), [LABELS[n] for n in NETWORKS], fontsize=8)
+  ax.set_xlim(-0.6, len(NETWORKS) - 0.4)
+  ax.set_ylabel("test perplexity")
+  ax.set_title("test perplexity: seeds, mean, paper")
+  ax.grid(True, axis="y", alpha=0.3)
+  ax.legend(fontsize=7)
+
+
 def figure(entries: list[dict], chosen: dict, path: str) -> None:
   from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
   from matplotlib.ticker import FuncFormatter  # pylint: disable=g-import-not-at-top
 
-  fig = Figure(figsize=(12, 4.5))
-  ax, grid_ax = fig.subplots(1, 2, sharey=True)
+  fig = Figure(figsize=(17, 4.8))
+  ax, grid_ax, test_ax = fig.subplots(
+    1, 3, gridspec_kw=dict(width_ratios=(1, 1, 0.6)), sharey=False
+  )
+  grid_ax.sharey(ax)
   for network in NETWORKS:
     curves = [e["valid"] for e in at_chosen(entries, chosen, network) if e["valid"]]
     if not curves:
@@ -303,7 +342,8 @@ def figure(entries: list[dict], chosen: dict, path: str) -> None:
     padded = summary.pad(curves)
     epochs = np.arange(1, padded.shape[1] + 1)
     median = np.nanmedian(padded, axis=0)
-    ax.plot(epochs, median, marker="o", ms=3, label=f"{LABELS[network]} ({len(curves)} seeds)")
+    seeds = f"{len(curves)} seed{'s' if len(curves) > 1 else ''}"
+    ax.plot(epochs, median, marker="o", ms=3, label=f"{LABELS[network]} ({seeds})")
     ax.fill_between(epochs, np.nanmin(padded, axis=0), np.nanmax(padded, axis=0), alpha=0.2)
   for i, network in enumerate(NETWORKS):
     for e in (e for e in entries if e["network"] == network and e["seed"] == 0 and e["valid"]):
@@ -326,6 +366,7 @@ def figure(entries: list[dict], chosen: dict, path: str) -> None:
     a.grid(True, which="both", alpha=0.3)
     a.legend(fontsize=7)
   ax.set_ylabel("validation perplexity")
+  test_panel(test_ax, entries, chosen)
   fig.suptitle("PTB small model (4.8M parameters)")
   fig.tight_layout()
   fig.savefig(path, dpi=120)
