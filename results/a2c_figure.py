@@ -185,7 +185,11 @@ def evaluation_table(evaluations: dict, pairs: list[tuple[str, str]]) -> str:
       if (policy, a) in evaluations and (policy, b) in evaluations:
         get = lambda g: np.array([m for _, m in evaluations[(policy, g)].values()])  # noqa: E731
         p = summary.rank_sum(get(a), get(b))
-        lines.append(f"\n{policy}: rank-sum p {a} vs {b} = {p:.3f}")
+        floor = summary.smallest_rank_sum_p(len(get(a)), len(get(b)))
+        lines.append(
+          f"\n{policy}: rank-sum p {a} vs {b} = {p:.3f} "
+          f"(the smallest possible p at these n: {floor:.3f})"
+        )
   return "\n".join(lines) + "\n"
 
 

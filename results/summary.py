@@ -3,6 +3,8 @@ ptb_small/make_table.py)."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from scipy import stats
 
@@ -22,3 +24,9 @@ def rank_sum(a: np.ndarray, b: np.ndarray) -> float:
   if len(a) < 2 or len(b) < 2:
     return float("nan")
   return float(stats.mannwhitneyu(a, b, alternative="two-sided", method="exact").pvalue)
+
+
+def smallest_rank_sum_p(n: int, m: int) -> float:
+  """The smallest two-sided exact rank-sum p that n against m values can give
+  (complete separation, either way: 2 of the C(n + m, n) orderings)."""
+  return min(1.0, 2 / math.comb(n + m, n))

@@ -12,6 +12,7 @@ sys.path.insert(
   0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "results")
 )
 import a2c_figure  # noqa: E402  pylint: disable=g-import-not-at-top
+import summary  # noqa: E402  pylint: disable=g-import-not-at-top
 from ptb_small import make_table  # noqa: E402  pylint: disable=g-import-not-at-top
 
 
@@ -64,6 +65,14 @@ def test_window_table_gives_medians_counts_and_the_exact_rank_sum_p(tmp_path):
   lines = text.splitlines()
   assert lines[2] == "| 0-999 | 11.00 (3) | 2.00 (3) | 0.100 |"  # 3 vs 3: the smallest p
   assert lines[3] == "| 1000-1999 | 11.00 (3) | - | - |"
+
+
+@pytest.mark.parametrize("n, m", [(2, 2), (3, 3), (3, 5), (4, 4), (5, 5)])
+def test_smallest_rank_sum_p_is_what_complete_separation_gives(n, m):
+  separated = summary.rank_sum(np.arange(n, dtype=float), np.arange(n, n + m, dtype=float))
+  assert summary.smallest_rank_sum_p(n, m) == pytest.approx(separated)
+  mixed = summary.rank_sum(np.arange(0, 2 * n, 2.0), np.arange(1, 2 * m + 1, 2.0))
+  assert mixed > summary.smallest_rank_sum_p(n, m)
 
 
 def test_ptb_grid_chooses_on_seed_0_valid_ppl_after_the_screen_epoch():
@@ -131,7 +140,10 @@ def test_evaluation_table_takes_each_agents_latest_evaluation_and_the_rank_sum(t
     "| sampled | modplast_batch0 | 10000 | 0: 30.0, 1: 20.0, 2: 10.0, 3: 40.0 | 25.0 (4) |" in text
   )
   # 4 vs 4 with every modplast agent ahead: the smallest p, 2 / C(8, 4).
-  assert f"rank-sum p modplast_batch0 vs plastic_batch0 = {2 / 70:.3f}" in text
+  assert (
+    f"rank-sum p modplast_batch0 vs plastic_batch0 = {2 / 70:.3f} "
+    f"(the smallest possible p at these n: {2 / 70:.3f})"
+  ) in text
 
 
 def test_ptb_screen_folder_is_where_collect_puts_a_screen(tmp_path, monkeypatch):

@@ -183,7 +183,10 @@ def interval(values: np.ndarray) -> str:
 
 def rank_sum(a: np.ndarray, b: np.ndarray) -> str:
   p = summary.rank_sum(a, b)
-  return "n/a (fewer than 2 seeds)" if np.isnan(p) else f"{p:.3f} (n = {len(a)} vs {len(b)})"
+  if np.isnan(p):
+    return "n/a (fewer than 2 seeds)"
+  floor = summary.smallest_rank_sum_p(len(a), len(b))
+  return f"{p:.3f} (n = {len(a)} vs {len(b)}; the smallest possible p at these n: {floor:.3f})"
 
 
 def screen_ppl(entry: dict) -> float | None:
