@@ -30,3 +30,14 @@ def smallest_rank_sum_p(n: int, m: int) -> float:
   """The smallest two-sided exact rank-sum p that n against m values can give
   (complete separation, either way: 2 of the C(n + m, n) orderings)."""
   return min(1.0, 2 / math.comb(n + m, n))
+
+
+def rank_sum_text(a: np.ndarray, b: np.ndarray) -> str:
+  """`rank_sum` of the non-NaN values as a line of a table, with the sample
+  sizes and the smallest p they allow."""
+  a, b = a[~np.isnan(a)], b[~np.isnan(b)]
+  p = rank_sum(a, b)
+  if np.isnan(p):
+    return f"n/a (n = {len(a)} vs {len(b)}: fewer than 2 on a side)"
+  floor = smallest_rank_sum_p(len(a), len(b))
+  return f"{p:.3f} (n = {len(a)} vs {len(b)}; the smallest possible p: {floor:.3f})"

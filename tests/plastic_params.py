@@ -1,4 +1,5 @@
-"""Random plastic-layer parameters shared by the core and fast-step tests."""
+"""Plastic-layer parameters for the tests: random ones for the core and
+fast-step tests, and `with_plasticity` for Flax params trees (LM, cells)."""
 
 import jax
 import jax.numpy as jnp

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from bpm_jax import PlasticityConfig, PlasticLSTMCell, PlasticRNNCell, fused_step, plasticity
+from tests.plastic_params import with_plasticity
 
 NETWORKS = ["rnn", "plastic", "modplast", "retromod"]
 
@@ -64,32 +65,38 @@ def test_rnn_cell_calls_core_with_its_params():
     np.testing.assert_allclose(carry.traces.elig, want.traces.elig, atol=1e-6)
 
 
+@pytest.mark.parametrize("network", ["plastic", "modplast", "retromod"])
 @pytest.mark.parametrize("step_impl", ["reference", "fused"])
-def test_lstm_cell_calls_core_with_its_params(step_impl):
+def test_lstm_cell_calls_core_with_its_params(step_impl, network):
   """The LSTM cell computes exactly plasticity.lstm_step on its own parameters
-  (input Dense, gate_kernel and the plastic path), with either step_impl."""
+  (input Dense, gate_kernel and the plastic path: h, c, m and the traces),
+  with either step_impl, its own clip binding."""
   if step_impl == "fused" and not fused_step.available():
     pytest.skip("the fused kernel cannot build here (the reference case still runs)")
-  config = PlasticityConfig(network="modplast", fan_out=True)
+  config = PlasticityConfig(network=network, fan_out=network != "plastic")
   cell = PlasticLSTMCell(
-    features=5, config=config, clip_value=0.05, init_scale=0.8, step_impl=step_impl
+    features=5,
+    config=config,
+    clip_value=0.05,
+    init_scale=0.8,
+    step_impl=step_impl,
+    return_modulation=True,
   )
   x = jax.random.normal(jax.random.key(3), (2, 4))
   carry = cell.initialize_carry(None, x.shape)
-  variables = cell.init(jax.random.key(4), carry, x)
+  variables = {"params": with_plasticity(cell.init(jax.random.key(4), carry, x)["params"], eta=0.5)}
   prm = dict(variables["params"])
   dense, gate_kernel = prm.pop("input"), prm.pop("gate_kernel")
-  core = plasticity.PlasticParams(**{**prm, "alpha": jnp.full_like(prm["alpha"], 0.5)})
-  variables = {"params": {**variables["params"], "alpha": core.alpha}}
+  core = plasticity.PlasticParams(**prm)
   want = carry
   for _ in range(3):
     want, (h_want, m_want) = jax.vmap(
       lambda s, xd: plasticity.lstm_step(core, gate_kernel, s, xd, config, 0.05)
     )(want, x @ dense["kernel"] + dense["bias"])
-    carry, h = cell.apply(variables, carry, x)
+    carry, (h, m) = cell.apply(variables, carry, x)
     np.testing.assert_allclose(h, h_want, atol=1e-5)
-    np.testing.assert_allclose(carry.c, want.c, atol=1e-5)
-    np.testing.assert_allclose(carry.traces.hebb, want.traces.hebb, atol=1e-5)
+    np.testing.assert_allclose(m, m_want, atol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), carry, want)
   np.testing.assert_allclose(np.abs(np.asarray(want.traces.hebb)).max(), 0.05)  # the clip binds
 
 

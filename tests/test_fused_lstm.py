@@ -208,9 +208,11 @@ def test_bad_shapes_are_a_clear_error():
 @pytest.mark.parametrize("network", ["plastic", "modplast", "retromod"])
 def test_language_model_fused_equals_reference(network):
   """The LM's loss, gradients and carried state with step_impl='fused' and
-  'reference' over two consecutive minibatches, with weights, alpha and eta
-  large enough that the traces grow to O(1) (at init, alpha ~ U(0, 0.01) and
-  eta 0.01 leave them too small for a difference to show)."""
+  'reference' over two consecutive minibatches, in both layers, with weights,
+  alpha and (where the variant has one: plastic's Hebbian rate, retromod's
+  eligibility rate) eta large enough that the traces grow to O(1); modplast's
+  rate is the fan-out M_t, O(1) at its default init. (At init, alpha ~ U(0,
+  0.01) and eta 0.01 leave the traces too small for a difference to show.)"""
   base = lm.LMConfig(vocab_size=23, hidden_size=H, network=network, num_layers=2, init_scale=1.0)
   models = {
     impl: lm.PlasticLSTMLanguageModel(dataclasses.replace(base, step_impl=impl))
@@ -235,7 +237,10 @@ def test_language_model_fused_equals_reference(network):
   )(params)
   (want, want_carry), want_grad = value_and_grad("reference")
   (got, got_carry), got_grad = value_and_grad("fused")
-  assert float(jnp.max(jnp.abs(want_carry[0].traces.hebb))) > 0.3
+  for layer in want_carry:  # every layer's traces grew: a wrong update would show
+    assert float(jnp.max(jnp.abs(layer.traces.hebb))) > 0.3
+    if network == "retromod":
+      assert float(jnp.max(jnp.abs(layer.traces.elig))) > 0.05
   assert_close(got, want, "loss")
   jax.tree_util.tree_map_with_path(
     lambda path, a, b: assert_close(a, b, f"carry{jax.tree_util.keystr(path)}"),

@@ -75,6 +75,14 @@ def test_smallest_rank_sum_p_is_what_complete_separation_gives(n, m):
   assert mixed > summary.smallest_rank_sum_p(n, m)
 
 
+def test_rank_sum_text_drops_nans_and_says_when_a_side_is_too_small():
+  a, b = np.array([1.0, 2.0, np.nan, 3.0]), np.array([4.0, 5.0, 6.0])
+  assert summary.rank_sum_text(a, b) == "0.100 (n = 3 vs 3; the smallest possible p: 0.100)"
+  assert summary.rank_sum_text(a, np.array([4.0, np.nan])) == (
+    "n/a (n = 3 vs 1: fewer than 2 on a side)"
+  )
+
+
 def test_ptb_grid_chooses_on_seed_0_valid_ppl_after_the_screen_epoch():
   def entry(setting, seed, valid):
     return dict(network="rnn", setting=setting, seed=seed, epochs=len(valid), valid=valid)
@@ -110,6 +118,36 @@ def _lm_workdir(path, valid):
   return str(path)
 
 
+def test_ptb_t_interval_and_figure_with_none_one_and_three_complete_seeds(tmp_path):
+  mean, half = make_table.t_interval(np.array([1.0, 2.0, 3.0]))
+  assert mean == 2.0 and half == pytest.approx(4.302653 / np.sqrt(3), rel=1e-6)
+  assert np.isnan(make_table.t_interval(np.array([5.0]))[1])
+  assert make_table.interval(np.array([1.0, 2.0, 3.0])) == "2.00 [-0.48, 4.48]"
+
+  setting = make_table.DEFAULT_SETTING
+  epochs = make_table.EPOCHS
+
+  def entry(network, seed, test):
+    valid = list(np.linspace(200.0, 110.0, epochs))
+    return dict(
+      network=network,
+      setting=setting,
+      seed=seed,
+      valid=valid,
+      epochs=epochs,
+      complete=True,
+      test=test,
+    )
+
+  entries = [entry("rnn", s, 104.0 + s) for s in range(3)] + [entry("plastic", 0, 103.0)]
+  chosen = dict(rnn=setting, plastic=setting, modplast=None, retromod=None)
+  path = str(tmp_path / "curves.png")
+  fig = make_table.figure(entries, chosen, path)
+  assert os.path.getsize(path) > 10_000
+  # Each legend entry once, though plastic's one seed has no interval.
+  assert fig.axes[2].get_legend_handles_labels()[1] == ["paper", "seeds", "mean [95% CI]"]
+
+
 def test_ptb_best_screen_picks_the_lowest_screen_epoch_ppl_once_all_screens_got_there(tmp_path):
   screen = make_table.SCREEN_EPOCH
   low = _lm_workdir(tmp_path / "low", [150.0] * (screen - 1) + [110.0, 130.0])
@@ -142,7 +180,7 @@ def test_evaluation_table_takes_each_agents_latest_evaluation_and_the_rank_sum(t
   # 4 vs 4 with every modplast agent ahead: the smallest p, 2 / C(8, 4).
   assert (
     f"rank-sum p modplast_batch0 vs plastic_batch0 = {2 / 70:.3f} "
-    f"(the smallest possible p at these n: {2 / 70:.3f})"
+    f"(n = 4 vs 4; the smallest possible p: {2 / 70:.3f})"
   ) in text
 
 

@@ -23,9 +23,10 @@ setting enter the table.
 Writes `table.md` (mean test perplexity with a 95% t-interval over seeds per
 variant next to the paper's, and two-sided Wilcoxon rank-sum tests, computed
 exactly as Mann-Whitney U, for the paper's three comparisons) and
-`curves.png` (validation perplexity vs epoch: median and range over seeds at
-the chosen settings; middle: every screened setting's seed 0; right: each
-seed's test perplexity, the mean with its 95% interval and the paper's mean).
+`curves.png` (left: validation perplexity vs epoch, median and range over
+seeds at the chosen settings; middle: the same for every screened setting's
+seed 0; right: each seed's test perplexity, the mean with its 95% interval
+and the paper's mean).
 Validation perplexity only ever chooses settings; test perplexity is reported.
 """
 
@@ -181,14 +182,6 @@ def interval(values: np.ndarray) -> str:
   return f"{mean:.2f} [{mean - half:.2f}, {mean + half:.2f}]"
 
 
-def rank_sum(a: np.ndarray, b: np.ndarray) -> str:
-  p = summary.rank_sum(a, b)
-  if np.isnan(p):
-    return "n/a (fewer than 2 seeds)"
-  floor = summary.smallest_rank_sum_p(len(a), len(b))
-  return f"{p:.3f} (n = {len(a)} vs {len(b)}; the smallest possible p at these n: {floor:.3f})"
-
-
 def screen_ppl(entry: dict) -> float | None:
   """What a setting is chosen on: the validation perplexity of its seed 0
   after SCREEN_EPOCH epochs (None for other seeds or before that epoch)."""
@@ -297,20 +290,32 @@ def table(entries: list[dict], chosen: dict) -> str:
     )
   lines += ["", "Two-sided Wilcoxon rank-sum tests of the test perplexities (exact):", ""]
   for a, b in COMPARISONS:
-    lines.append(f"- {LABELS[a]} vs {LABELS[b]}: p = {rank_sum(tests[a], tests[b])}")
+    lines.append(f"- {LABELS[a]} vs {LABELS[b]}: p = {summary.rank_sum_text(tests[a], tests[b])}")
   return "\n".join(lines) + "\n"
 
 
-def test_panel(ax, entries: list[dict], chosen: dict) -> None:
+def perplexity_panel(ax, entries: list[dict], chosen: dict) -> None:
   """Table 1 as a picture: each complete seed's test perplexity, the mean with
-  its 95% t-interval, and the paper's mean, per variant."""
+  its 95% t-interval, and the paper's mean (a line under them), per variant."""
+  labelled = set()
+
+  def label(name: str) -> str | None:
+    if name in labelled:
+      return None
+    labelled.add(name)
+    return name
+
   for i, network in enumerate(NETWORKS):
+    ax.hlines(
+      PAPER_TEST_PPL[network], i - 0.35, i + 0.35, colors="k", lw=2, zorder=1, label=label("paper")
+    )
     tests = np.array([e["test"] for e in at_chosen(entries, chosen, network) if e["complete"]])
-    ax.plot(i, PAPER_TEST_PPL[network], "k_", ms=22, mew=2, label="paper" if i == 0 else None)
     if not len(tests):
       continue
-    offsets = np.linspace(-0.12, 0.12, len(tests)) if len(tests) > 1 else np.zeros(1)
-    ax.plot(i - 0.2 + offsets, tests, "o", color=f"C{i}", ms=5, alpha=0.8)
+    offsets = np.linspace(-0.08, 0.08, len(tests)) if len(tests) > 1 else np.zeros(1)
+    ax.plot(
+      i - 0.15 + offsets, tests, "o", color=f"C{i}", ms=5, alpha=0.8, zorder=2, label=label("seeds")
+    )
     mean, half = t_interval(tests)
     ax.errorbar(
       i + 0.15,
@@ -319,9 +324,15 @@ def test_panel(ax, entries: list[dict], chosen: dict) -> None:
       fmt="s",
       color=f"C{i}",
       capsize=4,
-      label="mean [95% CI]" if i == 0 else None,
+      zorder=2,
+      label=label("mean [95% CI]"),
     )
-  ax.set_xticks(range(len(NETWORKS)), [LABELS[n] for n in NETWORKS], fontsize=8)
+  names = [
+    LABELS[n]
+    + ("\n(not chosen yet)" if chosen[n] is None and at_chosen(entries, chosen, n) else "")
+    for n in NETWORKS
+  ]
+  ax.set_xticks(range(len(NETWORKS)), names, fontsize=8)
   ax.set_xlim(-0.6, len(NETWORKS) - 0.4)
   ax.set_ylabel("test perplexity")
   ax.set_title("test perplexity: seeds, mean, paper")
@@ -329,14 +340,13 @@ def test_panel(ax, entries: list[dict], chosen: dict) -> None:
   ax.legend(fontsize=7)
 
 
-def figure(entries: list[dict], chosen: dict, path: str) -> None:
+def figure(entries: list[dict], chosen: dict, path: str):
+  """Writes curves.png (see the module docstring) to `path`; returns the Figure."""
   from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
   from matplotlib.ticker import FuncFormatter  # pylint: disable=g-import-not-at-top
 
   fig = Figure(figsize=(17, 4.8))
-  ax, grid_ax, test_ax = fig.subplots(
-    1, 3, gridspec_kw=dict(width_ratios=(1, 1, 0.6)), sharey=False
-  )
+  ax, grid_ax, test_ax = fig.subplots(1, 3, gridspec_kw=dict(width_ratios=(1, 1, 0.6)))
   grid_ax.sharey(ax)
   for network in NETWORKS:
     curves = [e["valid"] for e in at_chosen(entries, chosen, network) if e["valid"]]
@@ -369,10 +379,11 @@ def figure(entries: list[dict], chosen: dict, path: str) -> None:
     a.grid(True, which="both", alpha=0.3)
     a.legend(fontsize=7)
   ax.set_ylabel("validation perplexity")
-  test_panel(test_ax, entries, chosen)
+  perplexity_panel(test_ax, entries, chosen)
   fig.suptitle("PTB small model (4.8M parameters)")
   fig.tight_layout()
   fig.savefig(path, dpi=120)
+  return fig
 
 
 def main() -> None:
