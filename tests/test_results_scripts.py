@@ -1,6 +1,7 @@
 """The results/ scripts: collecting A2C runs per agent, window tables, the PTB grid choice."""
 
 import csv
+import functools
 import json
 import os
 import sys
@@ -83,10 +84,21 @@ def test_rank_sum_text_drops_nans_and_says_when_a_side_is_too_small():
   )
 
 
-def test_ptb_grid_chooses_on_seed_0_valid_ppl_after_the_screen_epoch():
-  def entry(setting, seed, valid):
-    return dict(network="rnn", setting=setting, seed=seed, epochs=len(valid), valid=valid)
+def _ptb_entry(network, setting, seed, valid, test=float("nan")):
+  """An entry as make_table.read_run makes one (complete when it has a test ppl)."""
+  return dict(
+    network=network,
+    setting=setting,
+    seed=seed,
+    valid=valid,
+    epochs=len(valid),
+    complete=not np.isnan(test),
+    test=test,
+  )
 
+
+def test_ptb_grid_chooses_on_seed_0_valid_ppl_after_the_screen_epoch():
+  entry = functools.partial(_ptb_entry, "rnn")
   default, strong = make_table.DEFAULT_SETTING, (1e-4,) + make_table.DEFAULT_SETTING[1:]
   screen = make_table.SCREEN_EPOCH
   entries = [
@@ -125,21 +137,9 @@ def test_ptb_t_interval_and_figure_with_none_one_and_three_complete_seeds(tmp_pa
   assert make_table.interval(np.array([1.0, 2.0, 3.0])) == "2.00 [-0.48, 4.48]"
 
   setting = make_table.DEFAULT_SETTING
-  epochs = make_table.EPOCHS
-
-  def entry(network, seed, test):
-    valid = list(np.linspace(200.0, 110.0, epochs))
-    return dict(
-      network=network,
-      setting=setting,
-      seed=seed,
-      valid=valid,
-      epochs=epochs,
-      complete=True,
-      test=test,
-    )
-
-  entries = [entry("rnn", s, 104.0 + s) for s in range(3)] + [entry("plastic", 0, 103.0)]
+  valid = list(np.linspace(200.0, 110.0, make_table.EPOCHS))
+  entries = [_ptb_entry("rnn", setting, s, valid, 104.0 + s) for s in range(3)]
+  entries.append(_ptb_entry("plastic", setting, 0, valid, 103.0))
   chosen = dict(rnn=setting, plastic=setting, modplast=None, retromod=None)
   path = str(tmp_path / "curves.png")
   fig = make_table.figure(entries, chosen, path)
