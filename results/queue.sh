@@ -214,16 +214,17 @@ own() {  # ENV NETWORK ITERATIONS (workdirs cue_... / maze_..., as the other job
 # machine, which has none of their workdirs or .done marks, does not run
 # them again): ptb_rnn_seed0, the LSTM's screens (1e-5, 1e-4, 3e-4),
 # ptb_final rnn 1e-4 0, 1 and 2; the plastic, modplast and retromod screens
-# (3e-5, 1e-4, 3e-4) and ptb_chosen plastic 0, modplast 0 (all 1e-4); maze
+# (3e-5, 1e-4, 3e-4) and ptb_chosen plastic 0, modplast 0, retromod 0 (all
+# 1e-4); maze
 # modplast/plastic/rnn/retromod with 3 seeds to 10000 and modplast/plastic
 # seeds 3 and 4 to 10000. ptb_chosen of seeds 1 and 2 reads a screen's
 # collected folder where its workdir is gone.
 #
-# Table 1 first (issue 18): it can be finished on this machine (~5.5 h of
-# runs left on 2026-12-07 15:20: retromod's seed 0, then ~45-55 min per seed); the full-length A2C runs take longer (~11 h maze to 50k,
-# ~20 h cue-reward to 180k). Each job fits in one session (a 6-epoch screen
-# ~25 min, a 13-epoch run ~35-55 min), as a machine is not always handed back.
-ptb_chosen retromod 0
+# Table 1 first (issue 18): it can be finished on this machine (~5 h of
+# runs left on 2026-12-07 15:50: seeds 1 and 2 of the plastic variants,
+# ~45-55 min each); the full-length A2C runs take longer (~11 h maze to
+# 50k, ~20 h cue-reward to 180k). Each job fits in one session (a 13-epoch
+# run ~35-55 min), as a machine is not always handed back.
 for seed in 1 2; do
   for network in plastic modplast retromod; do
     ptb_chosen "$network" "$seed"
