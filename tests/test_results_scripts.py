@@ -191,3 +191,36 @@ def test_ptb_screen_folder_is_where_collect_puts_a_screen(tmp_path, monkeypatch)
   assert make_table.screen_folder("plastic", 1e-4).endswith("plastic_l2_0.0001_seed0")
   # At the default L2 the folder name has no setting in it.
   assert make_table.screen_folder("rnn", 1e-6).endswith(os.sep + "rnn_seed0")
+
+
+def test_ptb_committed_tables_and_readme_copy_are_what_make_table_makes_of_runs():
+  """table.md and grid.md are make_table.py's output for the committed runs/,
+  and the top-level README's Results quote table.md as it is."""
+  entries = make_table.load_runs()
+  assert entries, "results/ptb_small/runs/ is empty"
+  chosen = make_table.choose(entries)
+  here = make_table.HERE
+  with open(os.path.join(here, "table.md")) as f:
+    table_md = f.read()
+  with open(os.path.join(here, "grid.md")) as f:
+    assert f.read() == make_table.grid_table(entries, chosen), "rerun make_table.py"
+  assert table_md == make_table.table(entries, chosen), "rerun results/ptb_small/make_table.py"
+  with open(make_table.README) as f:
+    readme = f.read()
+  start, end = make_table.readme_table_span(readme)
+  assert readme[start:end].strip() == table_md.strip(), (
+    "README.md's copy of results/ptb_small/table.md is out of date"
+  )
+
+
+def test_ptb_sync_readme_replaces_only_the_copy_of_the_table(tmp_path):
+  path = tmp_path / "README.md"
+  before = "# Results\n\nPTB. " + make_table.README_MARKER
+  after = make_table.README_END + " at the paper's settings.\n"
+  path.write_text(before + "| old | table |\n\n- p = 0.5\n" + after)
+  assert make_table.sync_readme("| new |\n\n- p = 0.1\n\n", str(path))
+  assert path.read_text() == before + "| new |\n\n- p = 0.1\n" + after
+  assert not make_table.sync_readme("| new |\n\n- p = 0.1\n", str(path))  # Unchanged.
+  path.write_text("# Results without the markers\n")
+  with pytest.raises(ValueError, match="no copy of table.md"):
+    make_table.sync_readme("| new |", str(path))

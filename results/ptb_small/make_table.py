@@ -28,6 +28,8 @@ seeds at the chosen settings; middle: the same for every screened setting's
 seed 0; right: each seed's test perplexity, the mean with its 95% interval
 and the paper's mean).
 Validation perplexity only ever chooses settings; test perplexity is reported.
+The repository's README.md quotes `table.md` after the line ending in
+README_MARKER; the script rewrites that copy too.
 """
 
 from __future__ import annotations
@@ -61,6 +63,34 @@ SHORT = {"l2_penalty": "l2", "lr_decay": "decay", "decay_after_epoch": "from", "
 # Settings are compared on the validation perplexity after this epoch (the
 # first one at the decayed learning rate by default).
 SCREEN_EPOCH = 6
+README = os.path.join(os.path.dirname(os.path.dirname(HERE)), "README.md")
+README_MARKER = "`results/ptb_small/table.md` now:\n\n"
+README_END = "\nGrid maze (Backpropamine Fig. 2)"
+
+
+def readme_table_span(readme: str) -> tuple[int, int]:
+  """[start, end) of README.md's copy of table.md (between README_MARKER and README_END)."""
+  start = readme.find(README_MARKER)
+  end = readme.find(README_END, start)
+  if start < 0 or end < 0:
+    raise ValueError(
+      f"README.md has no copy of table.md between {README_MARKER!r} and {README_END!r}; "
+      "put the markers back (the Results section) or update the constants here."
+    )
+  return start + len(README_MARKER), end
+
+
+def sync_readme(text: str, path: str = README) -> bool:
+  """Replaces README.md's copy of table.md with `text`; whether it changed."""
+  with open(path) as f:
+    readme = f.read()
+  start, end = readme_table_span(readme)
+  new = readme[:start] + text.strip() + "\n" + readme[end:]
+  if new == readme:
+    return False
+  with open(path, "w") as f:
+    f.write(new)
+  return True
 
 
 def setting_of(train: dict) -> tuple:
@@ -419,6 +449,8 @@ def main() -> None:
   figure(entries, chosen, os.path.join(HERE, "curves.png"))
   print(text)
   print(grid)
+  if sync_readme(text):
+    print(f"updated the copy of table.md in {README}")
 
 
 if __name__ == "__main__":
