@@ -193,9 +193,10 @@ def test_ptb_screen_folder_is_where_collect_puts_a_screen(tmp_path, monkeypatch)
   assert make_table.screen_folder("rnn", 1e-6).endswith(os.sep + "rnn_seed0")
 
 
-def test_ptb_committed_tables_and_readme_copy_are_what_make_table_makes_of_runs():
-  """table.md and grid.md are make_table.py's output for the committed runs/,
-  and the top-level README's Results quote table.md as it is."""
+def test_ptb_tables_and_readme_copy_are_what_make_table_makes_of_runs():
+  """table.md and grid.md are make_table.py's output for the runs/ folders in the
+  tree (on a clean checkout: the committed ones), and the top-level README's
+  Results quote table.md as it is."""
   entries = make_table.load_runs()
   assert entries, "results/ptb_small/runs/ is empty"
   chosen = make_table.choose(entries)
@@ -215,7 +216,7 @@ def test_ptb_committed_tables_and_readme_copy_are_what_make_table_makes_of_runs(
 
 def test_ptb_sync_readme_replaces_only_the_copy_of_the_table(tmp_path):
   path = tmp_path / "README.md"
-  before = "# Results\n\nPTB. " + make_table.README_MARKER
+  before = "# Results" + make_table.README_END + "\n\nPTB. " + make_table.README_MARKER
   after = make_table.README_END + " at the paper's settings.\n"
   path.write_text(before + "| old | table |\n\n- p = 0.5\n" + after)
   assert make_table.sync_readme("| new |\n\n- p = 0.1\n\n", str(path))

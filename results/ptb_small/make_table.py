@@ -82,14 +82,15 @@ def readme_table_span(readme: str) -> tuple[int, int]:
 
 def sync_readme(text: str, path: str = README) -> bool:
   """Replaces README.md's copy of table.md with `text`; whether it changed."""
-  with open(path) as f:
+  with open(path, encoding="utf-8") as f:
     readme = f.read()
   start, end = readme_table_span(readme)
   new = readme[:start] + text.strip() + "\n" + readme[end:]
   if new == readme:
     return False
-  with open(path, "w") as f:
+  with open(path + ".tmp", "w", encoding="utf-8") as f:
     f.write(new)
+  os.replace(path + ".tmp", path)  # Whole or not at all.
   return True
 
 
@@ -446,11 +447,11 @@ def main() -> None:
     f.write(text)
   with open(os.path.join(HERE, "grid.md"), "w") as f:
     f.write(grid)
+  if sync_readme(text):
+    print(f"updated the copy of table.md in {README}")
   figure(entries, chosen, os.path.join(HERE, "curves.png"))
   print(text)
   print(grid)
-  if sync_readme(text):
-    print(f"updated the copy of table.md in {README}")
 
 
 if __name__ == "__main__":
