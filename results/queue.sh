@@ -221,18 +221,21 @@ own() {  # ENV NETWORK ITERATIONS (workdirs cue_... / maze_..., as the other job
 # collected folder where its workdir is gone.
 #
 # Table 1 first (issue 18): it can be finished on this machine (~5 h of
-# runs left on 2026-12-07 15:50: seeds 1 and 2 of the plastic variants,
-# ~45-55 min each); the full-length A2C runs take longer (~11 h maze to
-# 50k, ~20 h cue-reward to 180k). Each job fits in one session (a 13-epoch
-# run ~35-55 min), as a machine is not always handed back.
+# runs left on 2026-12-07 16:10: seeds 1 and 2 of the plastic variants,
+# ~50-67 min each, as measured); the full-length A2C runs take far longer
+# (results/cue_reward/ and results/maze/ READMEs). Each job fits in one
+# session (a 13-epoch run 42-67 min), as a machine is not always handed
+# back. Then cue-reward modplast seed 1, the run that can show whether
+# Fig. 1's learning appears at all (at chance through 17.2k iterations of
+# seed 0), to 60k before the other A2C rounds.
 for seed in 1 2; do
   for network in plastic modplast retromod; do
     ptb_chosen "$network" "$seed"
   done
 done
 cue modplast 1 30000
-own GridMaze-v0 modplast 10000
 cue modplast 1 60000
+own GridMaze-v0 modplast 10000
 cue rnn 0 30000
 own CueReward-v0 modplast 20000
 for network in modplast plastic rnn retromod; do
