@@ -206,7 +206,7 @@ def test_ptb_tables_and_readme_copy_are_what_make_table_makes_of_runs():
   with open(os.path.join(here, "grid.md")) as f:
     assert f.read() == make_table.grid_table(entries, chosen), "rerun make_table.py"
   assert table_md == make_table.table(entries, chosen), "rerun results/ptb_small/make_table.py"
-  with open(make_table.README) as f:
+  with open(make_table.README, encoding="utf-8") as f:  # As sync_readme reads it.
     readme = f.read()
   start, end = make_table.readme_table_span(readme)
   assert readme[start:end].strip() == table_md.strip(), (
