@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+from scipy import stats
 
 sys.path.insert(
   0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "results")
@@ -146,6 +147,30 @@ def test_ptb_t_interval_and_figure_with_none_one_and_three_complete_seeds(tmp_pa
   assert os.path.getsize(path) > 10_000
   # Each legend entry once, though plastic's one seed has no interval.
   assert fig.axes[2].get_legend_handles_labels()[1] == ["paper", "seeds", "mean [95% CI]"]
+
+
+def test_ptb_gap_interval_is_welchs_and_the_order_is_said_plainly():
+  a, b = np.array([104.0, 105.0, 103.5]), np.array([103.0, 103.6])
+  gap, half = make_table.welch_gap(a, b)
+  ci = stats.ttest_ind(a, b, equal_var=False).confidence_interval(0.95)
+  assert gap == pytest.approx(np.mean(a) - np.mean(b))
+  assert (gap - half, gap + half) == pytest.approx((ci.low, ci.high), rel=1e-9)
+  assert np.isnan(make_table.welch_gap(a, b[:1])[1])
+
+  empty = np.array([])
+  tests = dict(rnn=a, plastic=b, modplast=np.array([105.0]), retromod=empty)
+  lines = make_table.ordering_and_gaps(tests)
+  # Ours: plastic < rnn < modplast; the paper's: modplast < plastic < rnn.
+  assert lines[0].startswith(
+    "Order of the mean test perplexities, lowest first: plastic LSTM < LSTM"
+  )
+  assert lines[0].endswith("modplast < plastic LSTM < LSTM; different).")
+  lstm_plastic = f"{gap:+.2f} [{gap - half:+.2f}, {gap + half:+.2f}] (paper +0.46"
+  assert any(line.startswith(f"- LSTM - plastic LSTM: {lstm_plastic}") for line in lines)
+  assert "- plastic LSTM - modplast: -1.70 (paper +1.15)" in lines  # one modplast seed: no interval
+  assert "- modplast - retromod: not yet (paper +0.17)" in lines
+  same = dict(rnn=np.array([104.3]), plastic=np.array([103.8]), modplast=empty, retromod=empty)
+  assert make_table.ordering_and_gaps(same)[0].endswith("plastic LSTM < LSTM; the same).")
 
 
 def test_ptb_best_screen_picks_the_lowest_screen_epoch_ppl_once_all_screens_got_there(tmp_path):

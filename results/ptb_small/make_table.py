@@ -22,7 +22,9 @@ setting enter the table.
 
 Writes `table.md` (mean test perplexity with a 95% t-interval over seeds per
 variant next to the paper's, and two-sided Wilcoxon rank-sum tests, computed
-exactly as Mann-Whitney U, for the paper's three comparisons) and
+exactly as Mann-Whitney U, for the paper's three comparisons, then the order
+of the means against the paper's and each comparison's gap with a 95% Welch
+interval, against the paper's gap) and
 `curves.png` (left: validation perplexity vs epoch, median and range over
 seeds at the chosen settings; middle: the same for every screened setting's
 seed 0; right: each seed's test perplexity, the mean with its 95% interval
@@ -322,7 +324,58 @@ def table(entries: list[dict], chosen: dict) -> str:
   lines += ["", "Two-sided Wilcoxon rank-sum tests of the test perplexities (exact):", ""]
   for a, b in COMPARISONS:
     lines.append(f"- {LABELS[a]} vs {LABELS[b]}: p = {summary.rank_sum_text(tests[a], tests[b])}")
-  return "\n".join(lines) + "\n"
+  return "\n".join(lines + ["", *ordering_and_gaps(tests)]) + "\n"
+
+
+def welch_gap(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+  """(mean(a) - mean(b), half-width of its 95% Welch t-interval); the
+  half-width is NaN with fewer than 2 values on a side."""
+  gap = float(np.mean(a) - np.mean(b))
+  if len(a) < 2 or len(b) < 2:
+    return gap, math.nan
+  va, vb = np.var(a, ddof=1) / len(a), np.var(b, ddof=1) / len(b)
+  if va + vb == 0:
+    return gap, 0.0
+  dof = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
+  return gap, float(stats.t.ppf(0.975, dof) * math.sqrt(va + vb))
+
+
+def ordering_and_gaps(tests: dict) -> list[str]:
+  """Lines saying whether the paper's order of the variants and its gaps
+  (each comparison's first variant minus the second, in mean test perplexity)
+  are reproduced, from each variant's complete seeds."""
+  have = [n for n in NETWORKS if len(tests[n])]
+  ours = sorted(have, key=lambda n: np.mean(tests[n]))
+  paper = sorted(have, key=PAPER_TEST_PPL.get)
+  lines = [
+    "Order of the mean test perplexities, lowest first: "
+    + " < ".join(LABELS[n] for n in ours)
+    + f" (the paper's, of the same variants: {' < '.join(LABELS[n] for n in paper)}; "
+    + ("the same" if ours == paper else "different")
+    + ").",
+    "",
+    "Gaps in mean test perplexity (first minus second; positive: the second is better), "
+    "with a 95% Welch interval:",
+    "",
+  ]
+  for a, b in COMPARISONS:
+    paper_gap = PAPER_TEST_PPL[a] - PAPER_TEST_PPL[b]
+    if not (len(tests[a]) and len(tests[b])):
+      lines.append(f"- {LABELS[a]} - {LABELS[b]}: not yet (paper {paper_gap:+.2f})")
+      continue
+    gap, half = welch_gap(tests[a], tests[b])
+    ci = "" if math.isnan(half) else f" [{gap - half:+.2f}, {gap + half:+.2f}]"
+    inside = (
+      ""
+      if math.isnan(half)
+      else (
+        "; the paper's gap is inside it"
+        if abs(paper_gap - gap) <= half
+        else "; the paper's gap is outside it"
+      )
+    )
+    lines.append(f"- {LABELS[a]} - {LABELS[b]}: {gap:+.2f}{ci} (paper {paper_gap:+.2f}{inside})")
+  return lines
 
 
 def perplexity_panel(ax, entries: list[dict], chosen: dict) -> None:
