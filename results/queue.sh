@@ -214,24 +214,22 @@ own() {  # ENV NETWORK ITERATIONS (workdirs cue_... / maze_..., as the other job
 # machine, which has none of their workdirs or .done marks, does not run
 # them again): ptb_rnn_seed0, the LSTM's screens (1e-5, 1e-4, 3e-4),
 # ptb_final rnn 1e-4 0, 1 and 2; the plastic, modplast and retromod screens
-# (3e-5, 1e-4, 3e-4) and ptb_chosen plastic 0, modplast 0, retromod 0 (all
-# 1e-4); maze
+# (3e-5, 1e-4, 3e-4) and ptb_chosen plastic, modplast and retromod 0 and 1
+# (all 1e-4); maze
 # modplast/plastic/rnn/retromod with 3 seeds to 10000 and modplast/plastic
-# seeds 3 and 4 to 10000. ptb_chosen of seeds 1 and 2 reads a screen's
+# seeds 3 and 4 to 10000. ptb_chosen of seed 2 reads a screen's
 # collected folder where its workdir is gone.
 #
-# Table 1 first (issue 18): it can be finished on this machine (~5 h of
-# runs left on 2026-12-07 16:10: seeds 1 and 2 of the plastic variants,
-# ~50-67 min each, as measured); the full-length A2C runs take far longer
+# Table 1 first (issue 18): it can be finished on this machine (~2.5 h of
+# runs left on 2026-12-07 19:50: seed 2 of the plastic variants, ~45-67 min
+# each, as measured); the full-length A2C runs take far longer
 # (results/cue_reward/ and results/maze/ READMEs). Each job fits in one
 # session (a 13-epoch run 42-67 min), as a machine is not always handed
 # back. Then cue-reward modplast seed 1, the run that can show whether
 # Fig. 1's learning appears at all (at chance through 17.2k iterations of
 # seed 0), to 60k before the other A2C rounds.
-for seed in 1 2; do
-  for network in plastic modplast retromod; do
-    ptb_chosen "$network" "$seed"
-  done
+for network in plastic modplast retromod; do
+  ptb_chosen "$network" 2
 done
 cue modplast 1 30000
 cue modplast 1 60000
