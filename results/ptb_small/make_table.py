@@ -24,7 +24,8 @@ Writes `table.md` (mean test perplexity with a 95% t-interval over seeds per
 variant next to the paper's, and two-sided Wilcoxon rank-sum tests, computed
 exactly as Mann-Whitney U, for the paper's three comparisons, then the order
 of the means against the paper's and each comparison's gap with a 95% Welch
-interval, against the paper's gap) and
+interval, against the paper's gap; its speed column is each variant's fastest
+run's tokens/s, as runs that shared the machine are slower) and
 `curves.png` (left: validation perplexity vs epoch, median and range over
 seeds at the chosen settings; middle: the same for every screened setting's
 seed 0; right: each seed's test perplexity, the mean with its 95% interval
@@ -290,7 +291,7 @@ def at_chosen(entries: list[dict], chosen: dict, network: str) -> list[dict]:
 def table(entries: list[dict], chosen: dict) -> str:
   lines = [
     "| variant | setting | H | params | complete seeds | test ppl, mean [95% CI] | paper | "
-    "valid ppl (last epoch) | tokens/s |",
+    "valid ppl (last epoch) | tokens/s (fastest run) |",
     "|---|---|---|---|---|---|---|---|---|",
   ]
   tests = {}
@@ -319,7 +320,7 @@ def table(entries: list[dict], chosen: dict) -> str:
       f"{'' if chosen[network] else ' (not chosen yet)'} | {runs[0]['hidden_size']} | "
       f"{runs[0]['num_params']:,} | "
       f"{len(done)} | {test} | {PAPER_TEST_PPL[network]} | {valid} | "
-      f"{f'{np.mean(speed):,.0f}' if speed else '-'} |"
+      f"{f'{max(speed):,.0f}' if speed else '-'} |"
     )
   lines += ["", "Two-sided Wilcoxon rank-sum tests of the test perplexities (exact):", ""]
   for a, b in COMPARISONS:
