@@ -365,16 +365,10 @@ def ordering_and_gaps(tests: dict) -> list[str]:
       lines.append(f"- {LABELS[a]} - {LABELS[b]}: not yet (paper {paper_gap:+.2f})")
       continue
     gap, half = welch_gap(tests[a], tests[b])
-    ci = "" if math.isnan(half) else f" [{gap - half:+.2f}, {gap + half:+.2f}]"
-    inside = (
-      ""
-      if math.isnan(half)
-      else (
-        "; the paper's gap is inside it"
-        if abs(paper_gap - gap) <= half
-        else "; the paper's gap is outside it"
-      )
-    )
+    ci = inside = ""
+    if not math.isnan(half):
+      ci = f" [{gap - half:+.2f}, {gap + half:+.2f}]"
+      inside = f"; the paper's gap is {'inside' if abs(paper_gap - gap) <= half else 'outside'} it"
     lines.append(f"- {LABELS[a]} - {LABELS[b]}: {gap:+.2f}{ci} (paper {paper_gap:+.2f}{inside})")
   return lines
 
